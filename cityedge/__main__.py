@@ -1,0 +1,5 @@
+import sys
+
+from cityedge.cli import main
+
+sys.exit(main())
