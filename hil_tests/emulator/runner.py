@@ -136,7 +136,7 @@ class MicroPythonSession:
             raise MicroPythonError(f"MicroPython session ended unexpectedly\n{err}")
         return json.loads(line)
 
-    def run(self, code: str, *, mounts: Mapping[Path | str, str] | None = {}) -> MpyResult:  # noqa: B006
+    def run(self, code: str, *, mounts: Mapping[Path | str, str] | None = {}) -> MpyResult:
         """Run ``code`` in the session's VM. ``mounts`` copies host directories in first (none by default)."""
         assert self._proc is not None and self._proc.stdin is not None, "use MicroPythonSession as a context"
         req = _request(code, mounts)
