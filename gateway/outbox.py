@@ -1,0 +1,521 @@
+"""The durable outbox: events wait here, on disk, until the upstream broker has acknowledged them.
+
+Guarantees (see also docs/uplink.md, "Outbox"):
+
+* **Durable before acknowledged.** :meth:`Outbox.put_many` returns only after the events are committed to
+  SQLite in WAL mode with ``synchronous=FULL``: every commit fsyncs the write-ahead log, so a committed event
+  survives a process kill *and* a power cut. (``synchronous=NORMAL`` in WAL mode only syncs at checkpoints
+  and may lose the last commits on power loss — not acceptable when a node deletes a record as soon as we
+  ACK it.) Commits are batched: all puts and acks waiting when the writer becomes free share one
+  transaction and one fsync (group commit), so throughput grows with load instead of collapsing.
+* **Priorities.** :meth:`next_batch` hands out the highest :class:`~gateway.events.Priority` first and, within
+  one priority, in insertion order — so events of one source and priority (a *lane*) leave in order.
+* **Deleted only after PUBACK.** Rows leave the table only through :meth:`ack`, which the uplink calls with a
+  batch's ids once the broker's PUBACK has arrived. After a reconnect the uplink calls :meth:`rewind` and the
+  unacknowledged rows are handed out again (at-least-once; the lane sequence lets the consumer drop repeats).
+* **Duplicates dropped.** An event whose ``origin`` was stored within the last ``dedup_window`` origins is
+  not stored again (counted as a duplicate), even if it was already delivered and deleted.
+* **Disk quota.** The stored events' bytes are kept under ``quota_bytes``. When a put goes over it, the
+  oldest events of the lowest priority are dropped first (vision, then telemetry, then command statuses,
+  then faults). Alarms are never dropped: if only alarms remain they are kept beyond the quota. Drops are
+  counted per priority, persisted, and show up upstream as gaps in the lane sequence.
+* **Corruption.** A database that fails ``PRAGMA quick_check`` at open is moved aside (``*.corrupt-<time>``)
+  and a fresh one is started, so a damaged SD card does not stop the agent; the event is logged.
+
+All SQLite work runs on one dedicated thread, so the event loop never blocks on fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import cbor2
+
+from cityedge.errors import CityedgeError
+from gateway.events import Event, Priority, StoredEvent
+
+log = logging.getLogger(__name__)
+
+ROW_OVERHEAD = 48  # bytes counted per row on top of body/source/origin (ids, index entries, page slack)
+DEFAULT_QUOTA = 256 * 1024 * 1024
+DEFAULT_DEDUP_WINDOW = 200_000
+_CHUNK = 500  # ids per DELETE ... IN (...) statement (SQLite's variable limit is 32766 since 3.32)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    prio   INTEGER NOT NULL,
+    source TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    kind   TEXT    NOT NULL,
+    ts_ms  INTEGER NOT NULL,
+    origin TEXT,
+    body   BLOB    NOT NULL,
+    size   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_prio ON events (prio, id);
+CREATE TABLE IF NOT EXISTS seen (origin TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS lanes (
+    source TEXT NOT NULL, prio INTEGER NOT NULL, last_seq INTEGER NOT NULL, PRIMARY KEY (source, prio)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+class OutboxError(CityedgeError):
+    """The outbox cannot be opened or written (disk full, permissions, closed)."""
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What a put did: ``stored`` new events, ``duplicates`` skipped, ``dropped`` by the quota policy."""
+
+    stored: int = 0
+    duplicates: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class OutboxStats:
+    """A snapshot for metrics and the birth message."""
+
+    depth: dict[Priority, int]
+    bytes: int
+    quota_bytes: int
+    dropped: dict[Priority, int]
+    duplicates: int
+    epoch: str
+    disk_bytes: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.depth.values())
+
+
+@dataclass
+class _Job:
+    puts: list[Event] | None
+    acks: list[int] | None
+    future: asyncio.Future[Any]
+
+
+class Outbox:
+    """A durable, prioritised event queue in one SQLite file. Use ``async with Outbox(path) as ob:``.
+
+    ``quota_bytes``: how many bytes of events may wait (see the module doc for the overflow policy).
+    ``dedup_window``: how many recent origins are remembered for duplicate detection.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        quota_bytes: int = DEFAULT_QUOTA,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
+    ) -> None:
+        if quota_bytes <= 0:
+            raise ValueError("quota_bytes must be positive")
+        self.path = Path(path)
+        self.quota_bytes = quota_bytes
+        self.dedup_window = dedup_window
+        self._db: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._jobs: list[_Job] = []
+        self._wake = asyncio.Event()
+        self._data = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._depth: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._bytes = 0
+        self._dropped: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._duplicates = 0
+        self._lanes: dict[tuple[str, int], int] = {}
+        self._cursor: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._seen_since_prune = 0
+        self.epoch = ""
+        self.commits = 0
+
+    # ------------------------------------------------------------------ life cycle
+    async def __aenter__(self) -> Outbox:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open (or create) the database, check it, and start the writer."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._open_sync)
+        except (sqlite3.Error, OSError) as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise OutboxError(
+                f"cannot open the outbox {self.path}: {exc}",
+                hint="check that the state directory exists, is writable by the agent and the disk is not full",
+            ) from exc
+        self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
+        if self.total:
+            self._data.set()
+
+    async def close(self) -> None:
+        """Finish pending writes, checkpoint the WAL and close the file."""
+        if self._writer is not None:
+            self._wake.set()
+            while self._jobs:
+                await asyncio.sleep(0.001)
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._executor is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._close_sync)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        try:
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            ok = str(exc)
+        if ok != "ok":
+            db.close()
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("outbox %s failed its integrity check (%s); moved aside to %s", self.path, ok, aside)
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    src.rename(Path(str(aside) + suffix))
+            db = self._connect()
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        if row is None:
+            self.epoch = secrets.token_hex(8)
+            with db:
+                db.execute("INSERT INTO meta VALUES ('epoch', ?)", (self.epoch,))
+        else:
+            self.epoch = str(row[0])
+        for prio, count, size in db.execute("SELECT prio, count(*), sum(size) FROM events GROUP BY prio"):
+            self._depth[Priority(prio)] = count
+            self._bytes += size or 0
+        for key, value in db.execute("SELECT key, value FROM meta WHERE key LIKE 'dropped.%'"):
+            self._dropped[Priority(int(key.split(".")[1]))] = int(value)
+        row = db.execute("SELECT value FROM meta WHERE key='duplicates'").fetchone()
+        self._duplicates = int(row[0]) if row else 0
+        self._lanes = {(s, p): q for s, p, q in db.execute("SELECT source, prio, last_seq FROM lanes")}
+        self._db = db
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: see the module doc
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA journal_size_limit=16777216")  # truncate the WAL after checkpoints to 16 MiB
+        return db
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            self._db = None
+
+    # ------------------------------------------------------------------ writing
+    async def put(self, event: Event) -> PutResult:
+        """Store one event durably (see :meth:`put_many`)."""
+        return await self.put_many((event,))
+
+    async def put_many(self, events: Iterable[Event]) -> PutResult:
+        """Store events durably; returns once they are committed and fsynced (or were duplicates/dropped)."""
+        batch = list(events)
+        if not batch:
+            return PutResult()
+        return await self._submit(_Job(batch, None, self._new_future()))
+
+    async def ack(self, ids: Iterable[int]) -> int:
+        """Delete delivered events (call only after the broker's PUBACK). Returns how many rows went."""
+        idl = list(ids)
+        if not idl:
+            return 0
+        return await self._submit(_Job(None, idl, self._new_future()))
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        if self._writer is None:
+            raise OutboxError(f"the outbox {self.path} is not open")
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, job: _Job) -> Any:
+        self._jobs.append(job)
+        self._wake.set()
+        return await job.future
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._executor is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._jobs:
+                jobs, self._jobs = self._jobs, []
+                try:
+                    results = await loop.run_in_executor(self._executor, self._write_sync, jobs)
+                except Exception as exc:  # disk full, I/O error: every waiting caller learns it
+                    log.error("outbox write failed: %s", exc)
+                    err = OutboxError(f"outbox {self.path}: write failed: {exc}", hint="check free disk space")
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+                    continue
+                for job, result in zip(jobs, results):
+                    if not job.future.done():
+                        job.future.set_result(result)
+                if any(isinstance(r, PutResult) and r.stored for r in results):
+                    self._data.set()
+
+    def _write_sync(self, jobs: Sequence[_Job]) -> list[Any]:
+        db = self._db
+        assert db is not None
+        results: list[Any] = []
+        lanes_touched: dict[tuple[str, int], int] = {}
+        depth = dict(self._depth)
+        nbytes = self._bytes
+        dropped = dict(self._dropped)
+        duplicates = self._duplicates
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for job in jobs:
+                if job.acks is not None:
+                    gone = 0
+                    for i in range(0, len(job.acks), _CHUNK):
+                        chunk = job.acks[i : i + _CHUNK]
+                        marks = ",".join("?" * len(chunk))
+                        for prio, size in db.execute(
+                            f"DELETE FROM events WHERE id IN ({marks}) RETURNING prio, size", chunk
+                        ).fetchall():
+                            depth[Priority(prio)] -= 1
+                            nbytes -= size
+                            gone += 1
+                    results.append(gone)
+                    continue
+                assert job.puts is not None
+                fresh, dups = self._dedup(db, job.puts)
+                duplicates += dups
+                rows = []
+                for ev in fresh:
+                    key = (ev.source, int(ev.priority))
+                    seq = lanes_touched.get(key, self._lanes.get(key, 0)) + 1
+                    lanes_touched[key] = seq
+                    body = cbor2.dumps(dict(ev.body))
+                    size = len(body) + len(ev.source) + len(ev.origin or "") + ROW_OVERHEAD
+                    rows.append((int(ev.priority), ev.source, seq, ev.kind, ev.ts_ms, ev.origin, body, size))
+                    depth[ev.priority] += 1
+                    nbytes += size
+                db.executemany(
+                    "INSERT INTO events (prio, source, seq, kind, ts_ms, origin, body, size) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+                drop = 0
+                if nbytes > self.quota_bytes:
+                    drop, freed = self._enforce_quota(db, nbytes - self.quota_bytes, depth, dropped)
+                    nbytes -= freed
+                results.append(PutResult(len(rows), dups, drop))
+            if lanes_touched:
+                db.executemany(
+                    "INSERT INTO lanes VALUES (?,?,?) "
+                    "ON CONFLICT(source, prio) DO UPDATE SET last_seq=excluded.last_seq",
+                    [(s, p, q) for (s, p), q in lanes_touched.items()],
+                )
+            if dropped != self._dropped:
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    [(f"dropped.{int(p)}", n) for p, n in dropped.items()],
+                )
+            if duplicates != self._duplicates:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('duplicates', ?)", (duplicates,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        # only now, with the commit done, does the in-memory picture change
+        self._lanes.update(lanes_touched)
+        self._depth, self._bytes, self._dropped, self._duplicates = depth, nbytes, dropped, duplicates
+        self.commits += 1
+        return results
+
+    def _dedup(self, db: sqlite3.Connection, events: list[Event]) -> tuple[list[Event], int]:
+        keyed = [ev.origin for ev in events if ev.origin is not None]
+        if not keyed:
+            return events, 0
+        known: set[str] = set()
+        for i in range(0, len(keyed), _CHUNK):
+            chunk = keyed[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            known.update(r[0] for r in db.execute(f"SELECT origin FROM seen WHERE origin IN ({marks})", chunk))
+        fresh: list[Event] = []
+        new_origins: list[tuple[str]] = []
+        for ev in events:
+            if ev.origin is not None:
+                if ev.origin in known:
+                    continue
+                known.add(ev.origin)
+                new_origins.append((ev.origin,))
+            fresh.append(ev)
+        if new_origins:
+            db.executemany("INSERT INTO seen (origin) VALUES (?)", new_origins)
+            self._seen_since_prune += len(new_origins)
+            if self._seen_since_prune >= 4096:  # prune now and then, not on every put
+                self._seen_since_prune = 0
+                last = db.execute("SELECT max(rowid) FROM seen").fetchone()[0] or 0
+                db.execute("DELETE FROM seen WHERE rowid <= ?", (last - self.dedup_window,))
+        return fresh, len(events) - len(fresh)
+
+    def _enforce_quota(
+        self, db: sqlite3.Connection, excess: int, depth: dict[Priority, int], dropped: dict[Priority, int]
+    ) -> tuple[int, int]:
+        """Drop lowest-priority, oldest rows until ``excess`` bytes are freed. Never ALARM."""
+        freed = 0
+        count = 0
+        for prio in sorted(Priority):
+            if prio is Priority.ALARM or freed >= excess:
+                break
+            while freed < excess and depth[prio] > 0:
+                victims: list[int] = []
+                for rid, size in db.execute(
+                    "SELECT id, size FROM events WHERE prio=? ORDER BY id LIMIT ?", (int(prio), _CHUNK)
+                ):
+                    victims.append(rid)
+                    freed += size
+                    if freed >= excess:
+                        break
+                if not victims:
+                    break
+                marks = ",".join("?" * len(victims))
+                db.execute(f"DELETE FROM events WHERE id IN ({marks})", victims)
+                depth[prio] -= len(victims)
+                dropped[prio] += len(victims)
+                count += len(victims)
+        if count:
+            log.warning("outbox quota %d bytes reached: dropped %d lowest-priority events", self.quota_bytes, count)
+        return count, freed
+
+    # ------------------------------------------------------------------ reading
+    async def wait_for_events(self, timeout: float | None = None) -> bool:
+        """Wait until there may be events to read; False on timeout."""
+        if self._unread_possible():
+            return True
+        self._data.clear()
+        try:
+            await asyncio.wait_for(self._data.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _unread_possible(self) -> bool:
+        return self._data.is_set() and self.total > 0
+
+    async def next_batch(self, max_events: int = 500, max_bytes: int = 256 * 1024) -> list[StoredEvent]:
+        """Hand out the next events of the highest priority that has unread ones, oldest first.
+
+        Rows handed out are *leased*: later calls skip them until :meth:`rewind`. All events of one
+        batch have the same priority. Returns ``[]`` when nothing is waiting.
+        """
+        if self._executor is None:
+            raise OutboxError(f"the outbox {self.path} is not open")
+        loop = asyncio.get_running_loop()
+        batch = await loop.run_in_executor(self._executor, self._read_sync, max_events, max_bytes)
+        if not batch:
+            self._data.clear()
+        return batch
+
+    def _read_sync(self, max_events: int, max_bytes: int) -> list[StoredEvent]:
+        db = self._db
+        assert db is not None
+        for prio in sorted(Priority, reverse=True):
+            if self._depth[prio] <= 0:
+                continue
+            out: list[StoredEvent] = []
+            total = 0
+            last = self._cursor[prio]
+            for rid, source, seq, kind, ts_ms, origin, body, size in db.execute(
+                "SELECT id, source, seq, kind, ts_ms, origin, body, size FROM events "
+                "WHERE prio=? AND id>? ORDER BY id LIMIT ?",
+                (int(prio), last, max_events),
+            ):
+                if out and total + size > max_bytes:
+                    break
+                total += size
+                ev = Event(source, kind, prio, cbor2.loads(body), ts_ms, origin)
+                out.append(StoredEvent(rid, seq, ev))
+            if out:
+                self._cursor[prio] = out[-1].id
+                return out
+        return []
+
+    def rewind(self) -> None:
+        """Forget the leases: every unacknowledged row will be handed out again (after a reconnect)."""
+        self._cursor = dict.fromkeys(Priority, 0)
+        if self.total:
+            self._data.set()
+
+    # ------------------------------------------------------------------ bookkeeping
+    async def bump_counter(self, name: str) -> int:
+        """Increment a persistent counter (e.g. the uplink's birth/death sequence) and return the new value."""
+        if self._executor is None:
+            raise OutboxError(f"the outbox {self.path} is not open")
+
+        def bump() -> int:
+            db = self._db
+            assert db is not None
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute("SELECT value FROM meta WHERE key=?", (f"counter.{name}",)).fetchone()
+                value = (int(row[0]) if row else 0) + 1
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"counter.{name}", value))
+            return value
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, bump)
+
+    def depth(self) -> dict[Priority, int]:
+        """Events waiting, by priority."""
+        return dict(self._depth)
+
+    @property
+    def total(self) -> int:
+        """Events waiting, all priorities."""
+        return sum(self._depth.values())
+
+    def stats(self) -> OutboxStats:
+        """Depth, bytes, drops and duplicates for metrics and the uplink birth."""
+        disk = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                disk += os.stat(str(self.path) + suffix).st_size
+        return OutboxStats(
+            depth=self.depth(),
+            bytes=self._bytes,
+            quota_bytes=self.quota_bytes,
+            dropped=dict(self._dropped),
+            duplicates=self._duplicates,
+            epoch=self.epoch,
+            disk_bytes=disk,
+        )
