@@ -1,0 +1,1 @@
+"""Shared node libraries: provisioning/app config, supervision, link and outbox."""

@@ -1,0 +1,217 @@
+"""Config files on the node's flash, validated at boot.
+
+Two kinds of file:
+
+* ``/node.json`` -- provisioning, written by the flashing tool: who the node is and how it talks.
+  Loaded with ``strict=True``: any problem raises :class:`ConfigError` naming the file and the key,
+  because a node without a valid identity or key must not join the network.
+* ``/<role>.json`` -- app settings (thresholds, programs, policy). Every key has a default in code;
+  a missing file means "all defaults", and an invalid value is logged with the file and the key and
+  replaced by its default, so one bad setting never leaves a street dark.
+
+A schema is a tuple of entries ``(dotted_key, kind, default, check)``:
+
+* ``kind``: ``int``, ``float`` (an int is accepted), ``str``, ``bool``, ``list``, ``dict``, or a tuple of them;
+* ``default``: the value used when the key is absent, or :data:`REQUIRED`;
+* ``check``: ``None``; ``(lo, hi)`` inclusive bounds; a tuple of allowed strings; or a callable that returns the
+  (possibly normalised) value or raises ``ValueError`` with a sentence.
+
+Keys listed in ``SECRET`` never have their value written to a log line.
+"""
+
+import json
+
+REQUIRED = object()
+SECRET = ("key",)
+
+PROVISIONING_PATH = "/node.json"
+
+
+class ConfigError(Exception):
+    """A config file is missing or invalid; ``str()`` is ``"<path>: <key>: <problem>"``."""
+
+    def __init__(self, path, key, problem):
+        self.path = path
+        self.key = key
+        self.problem = problem
+        if key:
+            super().__init__("%s: %s: %s" % (path, key, problem))
+        else:
+            super().__init__("%s: %s" % (path, problem))
+
+
+def _hex_key(value):
+    try:
+        raw = bytes.fromhex(value)
+    except (ValueError, TypeError):
+        raise ValueError("must be hexadecimal")
+    if len(raw) not in (16, 32):
+        raise ValueError("must be 16 or 32 bytes (32 or 64 hex digits), has %d bytes" % len(raw))
+    return value.lower()
+
+
+def _node_id(value):
+    if isinstance(value, str) and not (0 < len(value) <= 32):
+        raise ValueError("must be 1..32 characters")
+    if isinstance(value, int) and not (0 <= value <= 0xFFFFFFFF):
+        raise ValueError("must be 0..4294967295")
+    return value
+
+
+# What the flashing tool writes to /node.json (see docs/streetlight.md, "Provisioning").
+PROVISIONING = (
+    ("node_id", (int, str), REQUIRED, _node_id),
+    ("role", str, REQUIRED, ("streetlight", "medical", "bare")),
+    ("site", str, "", None),
+    ("lat", float, None, (-90.0, 90.0)),
+    ("lon", float, None, (-180.0, 180.0)),
+    ("key_id", int, REQUIRED, (0, 0xFFFF)),
+    ("key", str, REQUIRED, _hex_key),
+    ("link", dict, {}, None),
+)
+
+
+def read_json(path, required=False):
+    """The JSON object in ``path``; ``None`` when the file is absent and not ``required``."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        text = None
+    if text is None:
+        # a power cut between the two steps of save_json leaves only the new file under its temporary name
+        try:
+            with open(path + ".tmp") as f:
+                text = f.read()
+        except OSError:
+            pass
+    if text is None:
+        if required:
+            raise ConfigError(path, None, "missing (provision the node with `cityedge flash`)")
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ConfigError(path, None, "is not valid JSON")
+    if not isinstance(data, dict):
+        raise ConfigError(path, None, "must hold a JSON object")
+    return data
+
+
+def _lookup(data, dotted):
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _kind_ok(kind, value):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    for k in kinds:
+        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if k is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if k is not float and k is not int and isinstance(value, k):
+            return True
+    return False
+
+
+def _kind_name(kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "an object"}
+    return " or ".join(names.get(k, "?") for k in kinds)
+
+
+def _check(kind, check, value):
+    """The value to use, or raise ValueError saying what is wrong."""
+    if not _kind_ok(kind, value):
+        raise ValueError("must be " + _kind_name(kind))
+    if kind is float:
+        value = float(value)
+    if check is None:
+        return value
+    if callable(check):
+        return check(value)
+    if isinstance(check[0], str):
+        if value not in check:
+            raise ValueError("must be one of " + ", ".join(check))
+        return value
+    lo, hi = check
+    if value < lo or value > hi:
+        raise ValueError("must be between %s and %s" % (lo, hi))
+    return value
+
+
+def _unknown(data, schema, prefix=""):
+    known = [entry[0] for entry in schema]
+    out = []
+    for name in data:
+        key = prefix + name
+        if key in known:
+            continue
+        if isinstance(data[name], dict) and any(k.startswith(key + ".") for k in known):
+            out.extend(_unknown(data[name], schema, key + "."))
+        else:
+            out.append(key)
+    return out
+
+
+def validate(path, data, schema, strict=False, log=print, problems=None):
+    """Check ``data`` against ``schema``; return a flat dict ``{dotted_key: value}``.
+
+    strict: raise :class:`ConfigError` on the first problem. Otherwise log one line per problem
+    (``config: <path>: <key>: <problem>; using default <v>``), use the default and append
+    ``"<key>: <problem>"`` to ``problems``; a problem with a :data:`REQUIRED` key still raises.
+    """
+    out = {}
+    data = data or {}
+    for key, kind, default, check in schema:
+        present, value = _lookup(data, key)
+        if not present:
+            if default is REQUIRED:
+                raise ConfigError(path, key, "missing")
+            out[key] = default
+            continue
+        try:
+            out[key] = _check(kind, check, value)
+        except ValueError as e:
+            problem = str(e)
+            if key not in SECRET:
+                problem += " (got %s)" % json.dumps(value)
+            if strict or default is REQUIRED:
+                raise ConfigError(path, key, problem)
+            log("config: %s: %s: %s; using default %s" % (path, key, problem, json.dumps(default)))
+            if problems is not None:
+                problems.append("%s: %s" % (key, problem))
+            out[key] = default
+    for key in _unknown(data, schema):
+        log("config: %s: %s: unknown key ignored" % (path, key))
+    return out
+
+
+def load(path, schema, strict=False, log=print, problems=None):
+    """Read and validate ``path`` (see :func:`validate`); a missing optional file gives the defaults."""
+    return validate(path, read_json(path, required=strict), schema, strict, log, problems)
+
+
+def load_provisioning(path=PROVISIONING_PATH, log=print):
+    """The node's provisioning (``/node.json``), strictly validated; raises :class:`ConfigError`."""
+    return load(path, PROVISIONING, strict=True, log=log)
+
+
+def save_json(path, data):
+    """Write ``data`` to ``path`` so that a power cut leaves either the old or the new file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    import os
+
+    try:
+        os.rename(tmp, path)  # littlefs and POSIX replace the old file atomically
+    except OSError:
+        os.remove(path)  # FAT refuses to rename over a file; read_json then finds the .tmp
+        os.rename(tmp, path)
