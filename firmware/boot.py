@@ -1,0 +1,8 @@
+# Runs at every reset, also before the raw REPL: make the active app slot importable. Counts nothing.
+# Never let a problem here block the REPL the flashing tool needs.
+try:
+    import bootmgr
+
+    bootmgr.prepare_path()
+except Exception as e:  # noqa: BLE001
+    print("boot.py:", e)
