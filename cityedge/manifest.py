@@ -6,7 +6,7 @@ when group or others can read it. Format (JSON, ``"format": 1``)::
 
     {"format": 1,
      "nodes": {
-       "sl-0001": {"node_id": "sl-0001", "role": "streetlight", "site": "harbour-east",
+       "1001": {"node_id": 1001, "name": "sl-harbour-17", "role": "streetlight", "site": "harbour-east",
                    "lat": 53.54, "lon": 9.98, "link": {"kind": "uart", "baud": 115200},
                    "key_id": 2, "key": "<64 hex digits>", "provisioned_at": "2026-11-21T15:04:05Z",
                    "chip_id": "a4cf12...", "retired_key_ids": [1]}}}
@@ -15,8 +15,8 @@ Gateway use::
 
     from cityedge.manifest import load_manifest
     registry = load_manifest("/etc/cityedge/nodes.json")
-    rec = registry.get("sl-0001")        # NodeRecord or None
-    rec.key, rec.key_id                  # bytes (32), int
+    rec = registry.get(1001)             # NodeRecord or None; node ids are the frames' u32 node id
+    rec.key, rec.key_id                  # bytes (32), int 1..255 (the frames' u8 key id)
     rec.retired_key_ids                  # key ids that must no longer verify
 
 The key never appears in ``repr()`` or in :meth:`NodeRecord.public_dict`; :meth:`NodeRecord.node_config`
@@ -44,7 +44,9 @@ from cityedge.firmware_files import ROLES
 
 FORMAT = 1
 KEY_BYTES = 32
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+NODE_ID_MAX = 0xFFFFFFFF  # the frame header's u32 node id
+KEY_ID_MAX = 0xFF  # the frame header's u8 key id
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 LINK_KINDS = ("uart", "rs485", "lora", "usb", "mqtt")
 DEFAULT_LINK: Mapping[str, Any] = {"kind": "uart", "baud": 115200}
 
@@ -53,7 +55,7 @@ DEFAULT_LINK: Mapping[str, Any] = {"kind": "uart", "baud": 115200}
 class NodeRecord:
     """One provisioned node. ``key`` is the node's current MAC key (never shown in ``repr``)."""
 
-    node_id: str
+    node_id: int
     role: str
     site: str
     lat: float
@@ -64,11 +66,13 @@ class NodeRecord:
     provisioned_at: str = ""
     chip_id: str | None = None
     retired_key_ids: tuple[int, ...] = ()
+    name: str = ""
 
     def public_dict(self) -> dict[str, Any]:
         """Everything but the key: safe for logs, ledgers and ``--json`` output."""
         return {
             "node_id": self.node_id,
+            "name": self.name,
             "role": self.role,
             "site": self.site,
             "lat": self.lat,
@@ -102,7 +106,7 @@ def _bad(path: Path, key: str, problem: str) -> ConfigError:
     return ConfigError(str(path), key, problem)
 
 
-def _record_from(path: Path, node_id: str, raw: Any) -> NodeRecord:
+def _record_from(path: Path, node_id: int, raw: Any) -> NodeRecord:
     where = f"nodes.{node_id}"
     if not isinstance(raw, dict):
         raise _bad(path, where, "must be an object")
@@ -115,7 +119,7 @@ def _record_from(path: Path, node_id: str, raw: Any) -> NodeRecord:
             raise _bad(path, f"{where}.{key}", f"has the wrong type ({type(value).__name__})")
         return value
 
-    if need("node_id", str) != node_id:
+    if need("node_id", int) != node_id:
         raise _bad(path, f"{where}.node_id", f"does not match the entry name {node_id!r}")
     role = need("role", str)
     if role not in ROLES:
@@ -132,8 +136,8 @@ def _record_from(path: Path, node_id: str, raw: Any) -> NodeRecord:
     if len(key) != KEY_BYTES:
         raise _bad(path, f"{where}.key", f"must be {KEY_BYTES} bytes, is {len(key)}")
     key_id = need("key_id", int)
-    if key_id < 1:
-        raise _bad(path, f"{where}.key_id", "must be ≥ 1")
+    if not 1 <= key_id <= KEY_ID_MAX:
+        raise _bad(path, f"{where}.key_id", f"must be 1..{KEY_ID_MAX}")
     retired = raw.get("retired_key_ids", [])
     if not isinstance(retired, list) or not all(isinstance(k, int) for k in retired):
         raise _bad(path, f"{where}.retired_key_ids", "must be a list of integers")
@@ -150,6 +154,7 @@ def _record_from(path: Path, node_id: str, raw: Any) -> NodeRecord:
         provisioned_at=str(raw.get("provisioned_at", "")),
         chip_id=str(chip_id) if chip_id is not None else None,
         retired_key_ids=tuple(retired),
+        name=str(raw.get("name", "")),
     )
 
 
@@ -165,9 +170,9 @@ class Manifest:
     """All provisioned nodes of one manifest file, by node id."""
 
     path: Path
-    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    nodes: dict[int, NodeRecord] = field(default_factory=dict)
 
-    def get(self, node_id: str) -> NodeRecord | None:
+    def get(self, node_id: int) -> NodeRecord | None:
         return self.nodes.get(node_id)
 
     def __iter__(self) -> Iterator[NodeRecord]:
@@ -177,7 +182,7 @@ class Manifest:
         return len(self.nodes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "nodes": {nid: rec.to_dict() for nid, rec in sorted(self.nodes.items())}}
+        return {"format": FORMAT, "nodes": {str(nid): rec.to_dict() for nid, rec in sorted(self.nodes.items())}}
 
 
 def load_manifest(path: str | Path, *, check_permissions: bool = True) -> Manifest:
@@ -214,7 +219,14 @@ def _parse(path: Path, text: str) -> Manifest:
     nodes = raw.get("nodes", {})
     if not isinstance(nodes, dict):
         raise _bad(path, "nodes", "must be an object")
-    return Manifest(path, {nid: _record_from(path, nid, rec) for nid, rec in nodes.items()})
+    out: dict[int, NodeRecord] = {}
+    for name, rec in nodes.items():
+        try:
+            nid = int(name)
+        except ValueError:
+            raise _bad(path, f"nodes.{name}", "entry names are node ids (integers)") from None
+        out[nid] = _record_from(path, nid, rec)
+    return Manifest(path, out)
 
 
 def save_manifest(manifest: Manifest) -> None:
@@ -255,32 +267,34 @@ def locked_manifest(path: str | Path) -> Iterator[Manifest]:
         os.close(lock_fd)
 
 
-def validate_node_id(node_id: str) -> str:
-    if not NODE_ID_RE.match(node_id):
-        raise ConfigError(
-            "command line", "node-id", f"{node_id!r} is not a valid node id",
-            hint="use 1–32 letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
+def validate_node_id(node_id: int, name: str = "") -> int:
+    if not isinstance(node_id, int) or not 1 <= node_id <= NODE_ID_MAX:
+        raise ConfigError("command line", "node-id", f"{node_id!r} is not a valid node id",
+                          hint=f"use an integer 1..{NODE_ID_MAX} (the node id in every frame)")
+    if name and not NAME_RE.match(name):
+        raise ConfigError("command line", "name", f"{name!r} is not a valid node name",
+                          hint="use 1–32 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return node_id
 
 
 def provision(
     path: str | Path,
     *,
-    node_id: str,
+    node_id: int,
     role: str,
     site: str,
     lat: float,
     lon: float,
     link: Mapping[str, Any] | None = None,
     chip_id: str | None = None,
+    name: str = "",
 ) -> NodeRecord:
     """Create or re-provision ``node_id`` in the manifest at ``path`` with a fresh random key.
 
     Re-provisioning keeps the node's entry, retires the old key id and issues ``key_id + 1``. The record is
     saved before it is returned, so a key that reaches a node is always on record.
     """
-    validate_node_id(node_id)
+    validate_node_id(node_id, name)
     if role not in ROLES:
         raise ConfigError("command line", "role", f"unknown role {role!r}", hint=f"choose one of: {', '.join(ROLES)}")
     _check_position(Path("command line"), "position", float(lat), float(lon))
@@ -293,14 +307,19 @@ def provision(
         old = manifest.get(node_id)
         record = NodeRecord(
             node_id=node_id, role=role, site=site, lat=float(lat), lon=float(lon), link=link,
-            key_id=1, key=secrets.token_bytes(KEY_BYTES), provisioned_at=now, chip_id=chip_id,
+            key_id=1, key=secrets.token_bytes(KEY_BYTES), provisioned_at=now, chip_id=chip_id, name=name,
         )
         if old is not None:
+            if old.key_id >= KEY_ID_MAX:
+                raise ConfigError(str(manifest.path), f"nodes.{node_id}.key_id",
+                                  f"all {KEY_ID_MAX} key ids of this node are used",
+                                  hint="give the node a new node id")
             record = replace(
                 record,
                 key_id=old.key_id + 1,
                 retired_key_ids=(*old.retired_key_ids, old.key_id),
                 chip_id=chip_id or old.chip_id,
+                name=name or old.name,
             )
         manifest.nodes[node_id] = record
     return record
