@@ -72,7 +72,7 @@ class CommandRequest:
     """
 
     command_id: str
-    node_id: str
+    node_id: int  # the node's u32 id (frames, manifest)
     name: str
     args: Mapping[str, Any] = field(default_factory=dict)
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -85,7 +85,7 @@ class CommandResult:
     """The final (or intermediate) status of a :class:`CommandRequest`."""
 
     command_id: str
-    node_id: str
+    node_id: int
     name: str
     status: CommandStatus
     detail: str = ""
@@ -123,7 +123,7 @@ class CommandSender(Protocol):
     async def send_command(self, request: CommandRequest, token: int) -> None: ...
 
 
-NodeRoleLookup = Callable[[str], str | None]  # node id -> role, None if unknown
+NodeRoleLookup = Callable[[int], str | None]  # node id -> role, None if unknown
 ResultListener = Callable[[CommandResult], Awaitable[None] | None]
 
 
@@ -154,11 +154,11 @@ class CommandRouter:
         self._sender = sender
         self._role_of = role_of
         self._retry_s = retry_s
-        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._pending: dict[tuple[int, int], _Pending] = {}
         self._by_id: dict[str, _Pending] = {}
         self._finished: OrderedDict[str, CommandResult] = OrderedDict()
         self._remember = remember
-        self._tokens: dict[str, itertools.count[int]] = {}
+        self._tokens: dict[int, itertools.count[int]] = {}
         self._listeners: list[ResultListener] = []
         self.counts: dict[str, int] = {s.value: 0 for s in CommandStatus if s.final}
 
@@ -170,7 +170,7 @@ class CommandRouter:
     def in_flight(self) -> int:
         return len(self._pending)
 
-    def _next_token(self, node_id: str) -> int:
+    def _next_token(self, node_id: int) -> int:
         # Tokens are 1..65535 per node, so they fit the CMD frame's 16-bit field. They start from the
         # wall clock so a restarted gateway does not reuse a token a node just saw.
         counter = self._tokens.get(node_id)
@@ -244,7 +244,7 @@ class CommandRouter:
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(p.done), wait)
 
-    def on_ack(self, node_id: str, token: int, status: str, result: Mapping[str, Any] | None = None) -> bool:
+    def on_ack(self, node_id: int, token: int, status: str, result: Mapping[str, Any] | None = None) -> bool:
         """Feed a verified CMD_ACK from a node. ``status`` is the node's word: ok, rejected or failed.
 
         Returns False if no command with that token is waiting (a late or repeated ack).
