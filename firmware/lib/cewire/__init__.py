@@ -1,0 +1,101 @@
+"""cewire — the node↔gateway wire protocol (spec: docs/protocol.md), one implementation for MicroPython
+(nodes, at /lib/cewire) and CPython (gateway, tools: ``import cewire``).
+
+Public API (stable; names are kept when it grows)::
+
+    VERSION, MAX_FRAME, MAX_PAYLOAD, HEADER_LEN, MAC_LEN
+    T_HELLO T_DATA T_EVENT T_ACK T_CMD T_CMD_ACK T_TIME       frame types (TYPE_NAMES)
+    CH_CTRL (0: HELLO/EVENT/CMD_ACK/ACK/CMD/TIME), CH_BULK (1: DATA)   sequence spaces
+    PRIO_NONE PRIO_LOW PRIO_MEDIUM PRIO_HIGH                  priority (frame flags)
+    DIR_ANY DIR_UP DIR_DOWN                                   who may send what
+    WireError(code, detail) .code .name;  E_TRUNCATED E_OVERSIZE E_VERSION E_TYPE E_HEADER E_UNKNOWN_NODE
+                                          E_KEY_ID E_MAC E_REPLAY E_PAYLOAD E_COBS E_RANGE
+
+    Key(key_bytes, key_id=0)                     per-node key, HMAC pads precomputed (never printed)
+    Keyring().add(node_id, key_bytes|Key, key_id) / .lookup(node_id, key_id) / .remove(node_id, key_id=-1)
+    encode_frame(ftype, node_id, seq, ts, flags, payload, key, key_id=-1, back=0) -> bytes
+        payload: CBOR bytes (from the builders below) or a dict/list; flags = flags_for(channel, prio)
+    decode_frame(buf, keyring_or_key, direction=DIR_ANY) -> Frame      raises WireError only
+        Frame: ftype flags key_id node_id seq ts back payload body; .channel .priority .base .type_name
+    Encoder(node_id, key).frame(ftype, seq, ts, payload, priority=0, back=0) -> memoryview (reused buffer)
+                         .stream(...)  same, COBS-framed with the 0x00 delimiter
+    cobs_encode(data) -> bytes (with delimiter); cobs_decode(block) -> bytes
+    StreamDecoder(max_frame=MAX_FRAME).feed(chunk) -> [frame bytes]; .feed_into(buf, n, on_frame)
+        .frames .errors .error_codes
+    ReplayWindow(): .check(seq) raises E_REPLAY; .mark(seq, base) -> skipped; .cum .top
+    Receiver(keyring): .verify(buf) -> Frame (MAC + replay, no state change) ; .commit(frame) -> cum ;
+        .acks(node_id) -> {channel: cum} ; .counts ; .export()/.restore()
+    cbor.dumps(obj) / cbor.loads(buf)
+    payloads: hello(...)/parse_hello, data({L_*: int})/data_batch/parse_data, event(code, state, ...)/parse_event,
+        ack({ch: cum})/parse_ack, cmd(id, op, args, exp)/parse_cmd, cmd_ack(id, status, text)/parse_cmd_ack,
+        time_sync(unix_s, ms, tz_min)/parse_time; labels L_* H_* E_* C_* A_* TM_*, FIELDS, CS_*, EV_*, RESET_*
+    codes: event codes (codes.LAMP_FAILURE, codes.SPO2_LOW, ...; codes.NAMES)
+
+Gateway, per frame from a node:  f = rx.verify(buf) → make durable → cum = rx.commit(f) →
+    send encode_frame(T_ACK, f.node_id, gw_seq, now, flags_for(CH_CTRL), payloads.ack(rx.acks(f.node_id)), key)
+    On WireError E_REPLAY the frame is a duplicate: drop it and answer with the current ACK.
+Node: node.link.Link does all of this (outbox, retransmission, ACK/TIME/CMD handling).
+"""
+
+from cewire import cbor, codes, payloads
+from cewire.cobs import StreamDecoder, cobs_decode, cobs_encode, encoded_size
+from cewire.encoder import Encoder
+from cewire.errors import (
+    E_COBS,
+    E_HEADER,
+    E_KEY_ID,
+    E_MAC,
+    E_OVERSIZE,
+    E_PAYLOAD,
+    E_RANGE,
+    E_REPLAY,
+    E_TRUNCATED,
+    E_TYPE,
+    E_UNKNOWN_NODE,
+    E_VERSION,
+    WireError,
+)
+from cewire.frame import (
+    CH_BULK,
+    CH_CTRL,
+    DIR_ANY,
+    DIR_DOWN,
+    DIR_UP,
+    HEADER_LEN,
+    MAC_LEN,
+    MAX_FRAME,
+    MAX_PAYLOAD,
+    N_CHANNELS,
+    PRIO_HIGH,
+    PRIO_LOW,
+    PRIO_MEDIUM,
+    PRIO_NONE,
+    T_ACK,
+    T_CMD,
+    T_CMD_ACK,
+    T_DATA,
+    T_EVENT,
+    T_HELLO,
+    T_TIME,
+    TYPE_NAMES,
+    VERSION,
+    Frame,
+    Key,
+    Keyring,
+    channel_of,
+    decode_frame,
+    encode_frame,
+    encode_into,
+    flags_for,
+)
+from cewire.replay import WINDOW, Receiver, ReplayWindow
+
+__all__ = [
+    "CH_BULK", "CH_CTRL", "DIR_ANY", "DIR_DOWN", "DIR_UP", "E_COBS", "E_HEADER", "E_KEY_ID", "E_MAC",
+    "E_OVERSIZE", "E_PAYLOAD", "E_RANGE", "E_REPLAY", "E_TRUNCATED", "E_TYPE", "E_UNKNOWN_NODE", "E_VERSION",
+    "HEADER_LEN", "MAC_LEN", "MAX_FRAME", "MAX_PAYLOAD", "N_CHANNELS", "PRIO_HIGH", "PRIO_LOW", "PRIO_MEDIUM",
+    "PRIO_NONE", "TYPE_NAMES", "T_ACK", "T_CMD", "T_CMD_ACK", "T_DATA", "T_EVENT", "T_HELLO", "T_TIME",
+    "VERSION", "WINDOW", "Encoder", "Frame", "Key", "Keyring", "Receiver", "ReplayWindow", "StreamDecoder",
+    "WireError", "cbor", "channel_of", "cobs_decode", "cobs_encode", "codes", "decode_frame", "encode_frame",
+    "encode_into", "encoded_size", "flags_for", "payloads",
+]

@@ -1,0 +1,57 @@
+"""Wire errors: every malformed, forged or replayed input ends as a WireError with a numeric code.
+
+The codes are part of the protocol spec (docs/protocol.md, "Error codes") and of the test vectors, so a
+gateway can count rejected frames per reason and a test can check that a frame was refused for the right one.
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x: int) -> int:
+        return x
+
+
+E_TRUNCATED = const(1)  # shorter than header + MAC, or a CBOR item runs past the end
+E_OVERSIZE = const(2)  # longer than MAX_FRAME (or a stream frame longer than the decoder's bound)
+E_VERSION = const(3)  # version byte is not VERSION
+E_TYPE = const(4)  # unknown frame type, or a type not allowed in this direction
+E_HEADER = const(5)  # reserved flag bits set, unknown channel
+E_UNKNOWN_NODE = const(6)  # no key for this node id
+E_KEY_ID = const(7)  # node known, key id unknown (retired or not yet provisioned)
+E_MAC = const(8)  # MAC does not verify
+E_REPLAY = const(9)  # sequence number already seen or older than the replay window
+E_PAYLOAD = const(10)  # payload is not valid CBOR of the subset, or a field is missing / of the wrong type
+E_COBS = const(11)  # COBS encoding broken (zero inside, code byte runs past the end)
+E_RANGE = const(12)  # a value given to an encoder is out of range (encoder side only)
+
+NAMES = {
+    E_TRUNCATED: "truncated",
+    E_OVERSIZE: "oversize",
+    E_VERSION: "version",
+    E_TYPE: "type",
+    E_HEADER: "header",
+    E_UNKNOWN_NODE: "unknown_node",
+    E_KEY_ID: "key_id",
+    E_MAC: "mac",
+    E_REPLAY: "replay",
+    E_PAYLOAD: "payload",
+    E_COBS: "cobs",
+    E_RANGE: "range",
+}
+
+
+class WireError(ValueError):
+    """A frame or payload was refused. ``code`` is one of the E_* constants, ``name`` its short name."""
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+    @property
+    def name(self) -> str:
+        return NAMES.get(self.code, "unknown")
+
+    def __str__(self) -> str:
+        return "wire error %d (%s)%s" % (self.code, self.name, ": " + self.detail if self.detail else "")
