@@ -216,6 +216,9 @@ class CommandRouter:
         finally:
             self._pending.pop((request.node_id, pending.token), None)
             self._by_id.pop(request.command_id, None)
+            done = getattr(self._sender, "command_done", None)  # lets the sender drop a cached frame
+            if done is not None:
+                done(request.node_id, pending.token)
         await self._finish(result)
         return result
 

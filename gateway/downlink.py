@@ -1,0 +1,161 @@
+"""Frames from the gateway to nodes: ACK, TIME and CMD, signed with each node's key (``cewire``).
+
+Sequence numbers (docs/protocol.md §4): nodes refuse a gateway frame whose seq they have already seen, so
+the gateway's numbers must keep growing across restarts. One counter serves all nodes (so it grows for each
+of them); its *reservation* is persisted in ``<state_dir>/downlink.seq``: before using numbers up to L the
+gateway has written L (atomic rename + fsync), and after a restart it starts at the stored L. Cost: one
+small write per ``BLOCK`` frames; a restart skips at most ``BLOCK`` numbers. A node's HELLO reports the
+highest gateway seq it accepted (``rx``), and the counter jumps above it (a replaced gateway).
+
+A CMD is retransmitted with the *same* seq and bytes (§7.5), so encoded CMD frames are kept per
+(node, token) until the command ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from cewire import T_ACK, T_CMD, T_TIME, WireError, cobs_encode, encode_frame, flags_for, payloads
+from cewire.frame import CH_CTRL, Key
+
+from gateway.commands import CommandRequest
+from gateway.links.base import Link
+from gateway.nodes import NodeTracker
+from gateway.registry import Registry
+
+log = logging.getLogger(__name__)
+
+BLOCK = 100_000
+SEQ_MAX = 0xFFFFFFFF
+
+
+class SeqReservation:
+    """A persisted, ever-growing u32 counter (see the module doc)."""
+
+    def __init__(self, path: Path | None, block: int = BLOCK) -> None:
+        self.path = path
+        self.block = block
+        self.value = 0
+        self.limit = 0
+        if path is not None:
+            try:
+                self.value = int(path.read_text().strip() or 0)
+            except FileNotFoundError:
+                self.value = 0
+            except (OSError, ValueError) as exc:
+                # unreadable: start from the clock so numbers still grow (seconds since 2020 × 8)
+                log.error("downlink sequence file %s unreadable (%s); continuing from the clock", path, exc)
+                self.value = int(time.time() - 1_577_836_800) * 8
+        self.limit = self.value
+        self._reserve(self.value + self.block)
+
+    def _reserve(self, limit: int) -> None:
+        limit = min(limit, SEQ_MAX)
+        if self.path is not None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, f"{limit}\n".encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        self.limit = limit
+
+    def next(self) -> int:
+        if self.value + 1 >= self.limit:
+            if self.limit >= SEQ_MAX:
+                raise OverflowError("downlink sequence space exhausted; re-provision the site's nodes")
+            self._reserve(self.value + self.block)
+        self.value += 1
+        return self.value
+
+    def at_least(self, seq: int) -> None:
+        """Continue above ``seq`` (a node's HELLO ``rx``)."""
+        if seq >= self.value:
+            self.value = min(seq, SEQ_MAX - 1)
+            if self.value + 1 >= self.limit:
+                self._reserve(self.value + self.block)
+
+
+class Downlink:
+    """Builds and sends gateway→node frames on the link each node was last heard on."""
+
+    def __init__(self, registry: Registry, tracker: NodeTracker, seq: SeqReservation, tz_min: int = 0) -> None:
+        self.registry = registry
+        self.tracker = tracker
+        self.seq = seq
+        self.tz_min = tz_min
+        self._keys: dict[tuple[int, int], Key] = {}
+        self._cmd_frames: dict[tuple[int, int], bytes] = {}
+        self.sent: dict[str, int] = {"ack": 0, "time": 0, "cmd": 0}
+        self.dropped = 0
+        registry.add_listener(lambda _r: self._keys.clear())
+
+    def _key(self, node_id: int) -> Key:
+        rec = self.registry.get(node_id)
+        if rec is None:
+            raise LookupError(f"node {node_id} is not registered")
+        k = self._keys.get((node_id, rec.key_id))
+        if k is None:
+            k = self._keys[(node_id, rec.key_id)] = Key(rec.key, rec.key_id)
+        return k
+
+    def _encode(self, ftype: int, node_id: int, payload: bytes) -> bytes:
+        now = int(time.time())
+        frame = encode_frame(ftype, node_id, self.seq.next(), now, flags_for(CH_CTRL), payload, self._key(node_id))
+        return cobs_encode(frame)
+
+    def _send(self, link: Link | None, data: bytes, what: str) -> bool:
+        if link is None or not link.send(data):
+            self.dropped += 1
+            return False
+        self.sent[what] += 1
+        return True
+
+    def send_ack(self, node_id: int, cums: dict[int, int], link: Link | None = None) -> bool:
+        """Send a cumulative ACK ``{channel: cum}`` to the node (on ``link`` or where it was last heard)."""
+        if link is None:
+            st = self.tracker.get(node_id)
+            link = st.link if st else None
+        return self._send(link, self._encode(T_ACK, node_id, payloads.ack(cums)), "ack")
+
+    def send_time(self, node_id: int, link: Link | None = None) -> bool:
+        """Send the gateway's UTC clock to the node."""
+        if link is None:
+            st = self.tracker.get(node_id)
+            link = st.link if st else None
+        now = time.time()
+        payload = payloads.time_sync(int(now), int(now * 1000) % 1000, self.tz_min)
+        ok = self._send(link, self._encode(T_TIME, node_id, payload), "time")
+        st = self.tracker.get(node_id)
+        if ok and st is not None:
+            st.last_time_sync = time.monotonic()
+        return ok
+
+    async def send_command(self, request: CommandRequest, token: int) -> None:
+        """The CommandRouter's sender: the same CMD frame (same seq) for every attempt of a token."""
+        st = self.tracker.get(request.node_id)
+        if st is None or st.link is None:
+            raise LookupError(f"node {request.node_id} has not been heard on any link yet")
+        key = (request.node_id, token)
+        data = self._cmd_frames.get(key)
+        if data is None:
+            exp = int(request.issued_at + request.timeout_s) + 1
+            try:
+                payload = payloads.cmd(token, request.name, dict(request.args) or None, exp)
+                data = self._encode(T_CMD, request.node_id, payload)
+            except WireError as exc:  # too large, or arguments CBOR cannot carry
+                raise ValueError(f"command cannot be encoded: {exc}") from exc
+            self._cmd_frames[key] = data
+            if len(self._cmd_frames) > 4096:  # bounded even if commands never end
+                self._cmd_frames.pop(next(iter(self._cmd_frames)))
+        if not st.link.send(data):
+            raise LookupError(f"link {st.link.name} to node {request.node_id} is down")
+        self.sent["cmd"] += 1
+
+    def command_done(self, node_id: int, token: int) -> None:
+        self._cmd_frames.pop((node_id, token), None)

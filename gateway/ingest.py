@@ -1,0 +1,314 @@
+"""Frames in, events durable, ACKs out: the gateway's southbound pipeline.
+
+Per link, a ``cewire.StreamDecoder`` splits the byte stream at the COBS delimiters; a ``cewire.Receiver``
+verifies each frame (MAC under the node's key from the registry, then the replay window). Verified frames
+become :class:`~gateway.events.Event` records that wait a few milliseconds to share one outbox commit
+(batching is what makes 20,000 frames/s possible on one core). Only once that commit has returned — the
+frames are on disk — does the pipeline mark them received (``Receiver.commit``) and send each node one
+cumulative ACK per batch (docs/protocol.md §7). So a frame is acknowledged to a node only when it is
+durable, and a crash at any moment makes the node resend, never lose.
+
+* refused frames (bad MAC, unknown node, retired key, garbage, broken COBS) are counted by reason and dropped;
+* a duplicate (E_REPLAY after a valid MAC: our ACK got lost) is dropped and answered with the current ACK;
+* an alarm in a batch cuts the wait short: it is committed at once;
+* when the outbox cannot keep up, frames beyond ``max_pending`` are dropped *unacknowledged* (the node keeps
+  them and resends) and counted as ``overload``;
+* CMD_ACK frames go to the :class:`~gateway.commands.CommandRouter`; HELLO is answered with a TIME frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cewire import (
+    E_REPLAY,
+    PRIO_HIGH,
+    PRIO_MEDIUM,
+    T_CMD_ACK,
+    T_DATA,
+    T_EVENT,
+    T_HELLO,
+    Frame,
+    Receiver,
+    StreamDecoder,
+    WireError,
+    codes,
+    payloads,
+)
+from cewire.errors import NAMES as ERROR_NAMES
+
+from gateway.commands import CommandRouter
+from gateway.downlink import Downlink
+from gateway.events import Event, Priority, now_ms
+from gateway.links.base import Link
+from gateway.nodes import NodeTracker
+from gateway.outbox import Outbox
+from gateway.registry import Registry
+
+log = logging.getLogger(__name__)
+
+_NODE_ID = struct.Struct(">I")
+EVENT_STATES = {0: "cleared", 1: "raised", 2: "escalated", 3: "acked", 4: "paused", 5: "info"}
+# CMD_ACK status (protocol §6.6) -> CommandStatus value
+CMD_STATUS = {
+    payloads.CS_OK: "ok",
+    payloads.CS_INVALID: "rejected",
+    payloads.CS_UNKNOWN: "rejected",
+    payloads.CS_FAILED: "failed",
+    payloads.CS_EXPIRED: "failed",
+    payloads.CS_BUSY: "rejected",
+}
+MEDICAL_CODES = range(64, 128)
+
+
+def _scaled(label: int, value: int) -> float | int:
+    spec = payloads.FIELDS.get(label)
+    if spec is None or spec[2] == 0:
+        return value
+    return value / 10 ** (-spec[2]) if spec[2] < 0 else value * 10 ** spec[2]
+
+
+def telemetry_body(frame: Frame) -> dict[str, Any]:
+    """DATA body → ``{"seq", "records": [{"t": unix_s, name: value in SenML unit, ...}]}``."""
+    records = []
+    fields = payloads.FIELDS
+    for t, values in payloads.parse_data(frame.body, frame.ts):
+        rec: dict[str, Any] = {"t": t}
+        for label, v in values.items():
+            spec = fields.get(label)
+            if spec is None:
+                rec[f"l{label}"] = v  # an app's own label: passed on unscaled, named by number
+            else:
+                rec[spec[0]] = v / 10 ** (-spec[2]) if spec[2] < 0 else v * 10 ** spec[2]
+        records.append(rec)
+    return {"seq": frame.seq, "records": records}
+
+
+def event_body(frame: Frame) -> tuple[dict[str, Any], Priority]:
+    """EVENT body → (event dict, priority). High/medium medical conditions and any high event are alarms."""
+    ev = payloads.parse_event(frame.body)
+    code = ev["code"]
+    body: dict[str, Any] = {
+        "seq": frame.seq,
+        "code": code,
+        "name": codes.NAMES.get(code, f"code{code}"),
+        "state": EVENT_STATES.get(ev["state"], str(ev["state"])),
+        "prio": frame.priority,
+    }
+    label = ev["label"]
+    if ev["value"] is not None:
+        body["value"] = _scaled(label, ev["value"])
+    if ev["limit"] is not None:
+        body["limit"] = _scaled(label, ev["limit"])
+    if label and label in payloads.FIELDS:
+        body["unit"] = payloads.FIELDS[label][1]
+    if ev["text"]:
+        body["text"] = ev["text"]
+    if ev["id"]:
+        body["id"] = ev["id"]
+    alarm = frame.priority == PRIO_HIGH or (code in MEDICAL_CODES and frame.priority >= PRIO_MEDIUM)
+    return body, Priority.ALARM if alarm else Priority.FAULT
+
+
+@dataclass
+class _Pending:
+    link: Link
+    frame: Frame
+    event: Event
+
+
+class IngestStats:
+    def __init__(self) -> None:
+        self.frames_in = 0  # COBS blocks decoded
+        self.accepted = 0  # verified and made durable
+        self.acked = 0  # ACK frames sent
+        self.duplicates = 0  # E_REPLAY after a valid MAC: re-acked
+        self.rejected: dict[str, int] = {}  # by WireError name (mac, unknown_node, cobs, payload, ...)
+        self.overload = 0  # dropped unacknowledged because the outbox fell behind
+        self.store_errors = 0  # outbox commits that failed (disk full, I/O): nothing acked
+        self.batches = 0
+        self.last_batch = 0
+
+
+class Ingest:
+    """The pipeline; give :meth:`feed` to links as their ``on_data`` callback and run :meth:`run`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        outbox: Outbox,
+        tracker: NodeTracker,
+        downlink: Downlink,
+        router: CommandRouter | None = None,
+        *,
+        batch_max: int = 2000,
+        flush_s: float = 0.005,
+        max_pending: int = 50_000,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.outbox = outbox
+        self.tracker = tracker
+        self.downlink = downlink
+        self.router = router
+        self.batch_max = batch_max
+        self.flush_s = flush_s
+        self.max_pending = max_pending
+        self.heartbeat = heartbeat
+        self.receiver = Receiver(registry.keyring)
+        registry.add_listener(self._registry_changed)
+        self.stats = IngestStats()
+        self._decoders: dict[str, tuple[int, StreamDecoder]] = {}
+        self._pending: list[_Pending] = []
+        self._urgent = False
+        self._wake = asyncio.Event()
+
+    def _registry_changed(self, registry: Registry) -> None:
+        self.receiver.keyring = registry.keyring  # windows are kept: sequence numbers continue
+        self.tracker.forget({rec.node_id for rec in registry})
+
+    # ------------------------------------------------------------------ frames in (synchronous, hot path)
+    def feed(self, link: Link, data: bytes) -> None:
+        """Bytes from ``link`` (any split): decode, verify and queue every complete frame."""
+        opens = getattr(link.stats, "opens", 0)
+        entry = self._decoders.get(link.name)
+        if entry is None or entry[0] != opens:  # a reopened port starts mid-stream: fresh decoder
+            entry = self._decoders[link.name] = (opens, StreamDecoder())
+        decoder = entry[1]
+        errors_before = decoder.errors
+        codes_before = dict(decoder.error_codes) if errors_before else {}
+        frames = decoder.feed(data)
+        if decoder.errors != errors_before:  # garbage, cut or oversize blocks on the wire
+            rejected = self.stats.rejected
+            for code, n in decoder.error_codes.items():
+                name = ERROR_NAMES.get(code, str(code))
+                rejected[name] = rejected.get(name, 0) + n - codes_before.get(code, 0)
+        for raw in frames:
+            self.frame(link, raw)
+
+    def frame(self, link: Link, raw: bytes) -> None:
+        """One unframed frame from ``link``."""
+        st = self.stats
+        st.frames_in += 1
+        try:
+            frame = self.receiver.verify(raw)
+        except WireError as exc:
+            if exc.code == E_REPLAY:  # authentic (MAC checked first) but seen: our ACK was lost
+                st.duplicates += 1
+                node_id = _NODE_ID.unpack_from(raw, 4)[0]
+                acks = self.receiver.acks(node_id)
+                if acks:
+                    self.downlink.send_ack(node_id, acks, link)
+                    st.acked += 1
+            else:
+                st.rejected[exc.name] = st.rejected.get(exc.name, 0) + 1
+            return
+        if len(self._pending) >= self.max_pending:
+            st.overload += 1
+            return
+        try:
+            event = self._event(link, frame)
+        except WireError as exc:  # authentic but the payload does not follow the spec
+            st.rejected[exc.name] = st.rejected.get(exc.name, 0) + 1
+            return
+        if event is None:
+            return
+        self._pending.append(_Pending(link, frame, event))
+        if event.priority is Priority.ALARM or len(self._pending) >= self.batch_max:
+            self._urgent = True
+        self._wake.set()
+
+    def _event(self, link: Link, frame: Frame) -> Event | None:
+        node_id = frame.node_id
+        rec = self.registry.get(node_id)
+        name = rec.name if rec is not None else ""
+        now = time.monotonic()
+        ftype = frame.ftype
+        ts_ms = frame.ts * 1000 if frame.ts else now_ms()
+        source = f"node:{node_id}"
+        origin = f"{node_id}:{frame.channel}:{frame.seq}"
+        if ftype == T_DATA:
+            self.tracker.seen(node_id, name, link, now)
+            return Event(source, "telemetry", Priority.TELEMETRY, telemetry_body(frame), ts_ms, origin)
+        if ftype == T_EVENT:
+            self.tracker.seen(node_id, name, link, now)
+            body, prio = event_body(frame)
+            return Event(source, "event", prio, body, ts_ms, origin)
+        if ftype == T_HELLO:
+            hello = payloads.parse_hello(frame.body)
+            self.tracker.hello(node_id, name, link, now, hello)
+            if hello["rx"]:
+                self.downlink.seq.at_least(hello["rx"])
+            self.downlink.send_time(node_id, link)  # the node may not know the time yet
+            body = {"seq": frame.seq, **hello}
+            return Event(source, "hello", Priority.FAULT, body, ts_ms, origin)
+        if ftype == T_CMD_ACK:
+            self.tracker.seen(node_id, name, link, now)
+            token, status, text = payloads.parse_cmd_ack(frame.body)
+            if self.router is not None:
+                result = {"text": text} if text else None
+                self.router.on_ack(node_id, token, CMD_STATUS.get(status, "failed"), result)
+            # the command's final status reaches the outbox through the router's listener; the CMD_ACK
+            # itself is recorded too, so the frame is acknowledged only once something durable exists
+            body = {"seq": frame.seq, "token": token, "status": CMD_STATUS.get(status, "failed"), "text": text}
+            return Event(source, "cmd_ack", Priority.COMMAND_ACK, body, ts_ms, origin)
+        return None
+
+    # ------------------------------------------------------------------ durable, then acknowledged
+    async def run(self) -> None:
+        """Commit queued frames in batches and acknowledge them, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                except TimeoutError:
+                    pass
+            if self.heartbeat is not None:
+                self.heartbeat()
+            if not self._pending:
+                continue
+            if not self._urgent and self.flush_s > 0:
+                # let a batch build up, unless an alarm or a full batch arrives first
+                deadline = loop.time() + self.flush_s
+                while not self._urgent and (left := deadline - loop.time()) > 0:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), left)
+                    except TimeoutError:
+                        break
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Commit everything queued now and send the ACKs."""
+        batch, self._pending = self._pending, []
+        self._urgent = False
+        if not batch:
+            return
+        try:
+            await self.outbox.put_many([p.event for p in batch])
+        except Exception as exc:  # not durable: acknowledge nothing, nodes will resend
+            self.stats.store_errors += 1
+            log.error("could not store %d frames, not acknowledging them: %s", len(batch), exc)
+            return
+        rx = self.receiver
+        touched: dict[int, Link] = {}
+        for p in batch:
+            rx.commit(p.frame)
+            touched[p.frame.node_id] = p.link
+        for node_id, link in touched.items():
+            if self.downlink.send_ack(node_id, rx.acks(node_id), link):
+                self.stats.acked += 1
+        self.stats.accepted += len(batch)
+        self.stats.batches += 1
+        self.stats.last_batch = len(batch)
+
+    def rejected_total(self) -> int:
+        return sum(self.stats.rejected.values())
