@@ -18,11 +18,13 @@ import contextlib
 import datetime as dt
 import os
 import pwd
+import selectors
 import shutil
 import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -216,10 +218,12 @@ class LocalBroker:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
-            f"log_dest file {self.log_path}",
+            "# stderr is read by start() to know that *this* process listens, then copied to mosquitto.log",
+            "log_dest stderr",
             "log_type error",
             "log_type warning",
             "log_type notice",
+            "log_type information",
             "connection_messages true",
             f"max_queued_messages {self.max_queued_messages}",
             f"listener {self.port} {self.host}",
@@ -249,30 +253,57 @@ class LocalBroker:
 
     # ------------------------------------------------------------------ sync control
     def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and wait until it accepts TCP connections on the port."""
+        """Start mosquitto and wait until it says it is running and accepts TCP connections on the port."""
         if self.running:
             return
-        self._proc = subprocess.Popen(
+        proc = self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.config_path)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            bufsize=0,  # unbuffered: readline() must not read ahead of what select() reported
             start_new_session=True,  # Ctrl-C in a terminal goes to the agent, which stops us cleanly
         )
+        assert proc.stderr is not None
+        seen: list[str] = []
         deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stderr, selectors.EVENT_READ)
+            # the port answering alone could be someone else's listener: wait for *our* "running" line
+            while not any(" running" in line for line in seen):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.stop()
+                    raise BrokerError(f"mosquitto did not start on port {self.port} within {timeout:g} s")
+                if not sel.select(left):
+                    continue
+                line = proc.stderr.readline().decode(errors="replace")
+                if line:
+                    seen.append(line)
+                else:  # end of stderr: mosquitto exited
+                    proc.wait()
+                    self._proc = None
+                    msg = "".join(seen).strip()
+                    raise BrokerError(
+                        f"mosquitto exited at start-up on port {self.port}: {msg}",
+                        hint=f"config: {self.config_path}",
+                    )
+        with self.log_path.open("a") as log:
+            log.writelines(seen)
+        threading.Thread(target=self._copy_log, args=(proc,), daemon=True, name="mosquitto-log").start()
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                self._proc = None
-                raise BrokerError(
-                    f"mosquitto exited at start-up on port {self.port}: {(err or self._log_tail()).strip()}",
-                    hint=f"config: {self.config_path}",
-                )
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
                 return
-            time.sleep(0.02)
+            time.sleep(0.01)
         self.stop()
         raise BrokerError(f"mosquitto did not accept connections on port {self.port} within {timeout:g} s")
+
+    def _copy_log(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        with contextlib.suppress(OSError, ValueError), self.log_path.open("ab") as log:
+            for line in proc.stderr:
+                log.write(line)
+                log.flush()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop mosquitto (SIGTERM, then SIGKILL after ``timeout``). The port stays ours for :meth:`start`."""
@@ -286,8 +317,6 @@ class LocalBroker:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
     def kill(self) -> None:
         """SIGKILL mosquitto (a crash rather than a clean stop)."""

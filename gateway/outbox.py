@@ -192,13 +192,15 @@ class Outbox:
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = self._connect()
+        db: sqlite3.Connection | None = None
         try:
+            db = self._connect()
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             ok = str(exc)
         if ok != "ok":
-            db.close()
+            if db is not None:
+                db.close()
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("outbox %s failed its integrity check (%s); moved aside to %s", self.path, ok, aside)
             for suffix in ("", "-wal", "-shm"):
@@ -206,6 +208,7 @@ class Outbox:
                 if src.exists():
                     src.rename(Path(str(aside) + suffix))
             db = self._connect()
+        assert db is not None
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row is None:
