@@ -59,7 +59,7 @@ def _node_id(value):
 
 
 # What the flashing tool writes to /node.json (see docs/streetlight.md, "Provisioning").
-PROVISIONING = (
+PROVISIONING = (  # type: tuple
     ("node_id", (int, str), REQUIRED, _node_id),
     ("role", str, REQUIRED, ("streetlight", "medical", "bare")),
     ("site", str, "", None),

@@ -1,40 +1,32 @@
-"""Supervision of a node app: watchdog, boot counter, safe-mode decision and reset cause.
+"""Supervision of a node app: watchdog, boot number and reset cause.
 
 * :class:`Watchdog` owns the hardware WDT and feeds it only while every supervised task has reported a
   heartbeat recently; a hung control loop therefore resets the board even if other tasks still run.
-* The boot counter lives in ``/boot_state.json``. The boot manager calls :func:`boot_begin` once per boot
-  (the app calls it too; the second call in the same boot is a no-op); the app calls :func:`boot_confirmed`
-  after it has run healthy for a while. :func:`safe_mode_due` says whether enough boots in a row failed to
-  confirm that the boot manager should start the safe-mode program instead of the app.
-  Deploying a new app resets the counter (:func:`boot_reset`).
-* :func:`reset_cause` names why the board last reset (``power_on``, ``watchdog``, ``hard``, ``soft``,
-  ``deepsleep``), or the reason the firmware recorded before resetting itself (:func:`note_reset`).
+* :func:`boot_begin` counts boots (``boots``, reported in HELLO) in ``/boot_state.json`` and settles the
+  reset cause: the port's (``power_on``, ``watchdog``, ``hard``, ``soft``, ``deepsleep``) or the reason the
+  firmware recorded with :func:`note_reset` just before resetting itself (e.g. ``command``).
+* Failed-boot counting, rollback and the safe-mode decision belong to the boot manager (``bootmgr``: it
+  counts a try before importing the app and starts ``/lib/safe/<role>.py`` after repeated failures);
+  :func:`boot_confirmed` tells it the app is healthy, :func:`boot_tries` reads its count.
 """
 
 import json
 
-try:
-    from micropython import const
-except ImportError:  # CPython (unit tests)
-
-    def const(x):
-        return x
-
+from node.config import save_json
 
 try:
     from time import ticks_diff, ticks_ms
 except ImportError:  # CPython (unit tests)
     import time as _time
 
-    def ticks_ms():
-        return int(_time.monotonic() * 1000)
+    def ticks_ms():  # type: ignore[misc,unused-ignore]
+        return int(_time.time() * 1000)
 
-    def ticks_diff(a, b):
+    def ticks_diff(a, b):  # type: ignore[misc,unused-ignore]
         return a - b
 
 
 BOOT_STATE = "/boot_state.json"
-SAFE_MODE_AFTER = const(3)  # consecutive boots that never confirmed
 
 _RESET_NAMES = (
     ("PWRON_RESET", "power_on"),
@@ -51,24 +43,15 @@ def _read(path):
     try:
         with open(path) as f:
             data = json.loads(f.read())
-        if isinstance(data, dict) and isinstance(data.get("count"), int):
+        if isinstance(data, dict) and isinstance(data.get("boots"), int):
             return data
     except (OSError, ValueError):
         pass
-    return {"count": 0}
+    return {"boots": 0}
 
 
 def _write(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data))
-    import os
-
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        os.remove(path)
-        os.rename(tmp, path)
+    save_json(path, data)
 
 
 def hardware_reset_cause():
@@ -86,11 +69,8 @@ def hardware_reset_cause():
 
 
 def boot_begin(path=BOOT_STATE):
-    """Count this boot (once per boot) and settle its reset cause; return the boot state dict.
-
-    The dict has ``count`` (boots in a row not yet confirmed, this one included), ``reset_cause``
-    and ``boots`` (all boots seen).
-    """
+    """Count this boot (once per boot) and settle its reset cause; return the boot state dict
+    (``boots``: boots seen since the file was created, ``reset_cause``: a name, see module doc)."""
     global _state
     if _state is not None:
         return _state
@@ -100,7 +80,6 @@ def boot_begin(path=BOOT_STATE):
     # a reset the firmware asked for shows as "soft"/"hard"; say why instead
     if noted and cause in ("soft", "hard", "unknown"):
         cause = noted
-    data["count"] = data.get("count", 0) + 1
     data["boots"] = data.get("boots", 0) + 1
     data["reset_cause"] = cause
     try:
@@ -111,31 +90,9 @@ def boot_begin(path=BOOT_STATE):
     return data
 
 
-def boot_count(path=BOOT_STATE):
-    """Boots in a row that did not confirm (this one included once :func:`boot_begin` ran)."""
-    return (_state or _read(path))["count"]
-
-
-def safe_mode_due(limit=SAFE_MODE_AFTER, path=BOOT_STATE):
-    """True when ``limit`` boots in a row failed before this one: start the safe-mode program."""
-    return boot_count(path) > limit
-
-
-def boot_confirmed(path=BOOT_STATE):
-    """The app ran healthy long enough: clear the failure count."""
-    data = _state if _state is not None else _read(path)
-    if data["count"] != 0:
-        data["count"] = 0
-        _write(path, data)
-
-
-def boot_reset(path=BOOT_STATE):
-    """Forget failed boots (called when a fixed app has been deployed)."""
-    global _state
-    data = _read(path)
-    data["count"] = 0
-    _write(path, data)
-    _state = None
+def reset_cause(path=BOOT_STATE):
+    """Why this boot happened (see :func:`boot_begin`)."""
+    return boot_begin(path)["reset_cause"]
 
 
 def note_reset(reason, path=BOOT_STATE):
@@ -145,9 +102,26 @@ def note_reset(reason, path=BOOT_STATE):
     _write(path, data)
 
 
-def reset_cause(path=BOOT_STATE):
-    """Why this boot happened (from :func:`boot_begin`)."""
-    return boot_begin(path)["reset_cause"]
+def _bootmgr():
+    try:
+        import bootmgr
+
+        return bootmgr
+    except ImportError:
+        return None
+
+
+def boot_confirmed():
+    """The app has run healthy: tell the boot manager, which clears its failed-boot count."""
+    mgr = _bootmgr()
+    if mgr is not None:
+        mgr.confirm()
+
+
+def boot_tries():
+    """Boots in a row the boot manager counted without a confirmation (0 without a boot manager)."""
+    mgr = _bootmgr()
+    return (mgr.status().get("tries") or 0) if mgr is not None else 0
 
 
 def forget_boot():

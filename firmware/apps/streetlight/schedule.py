@@ -1,0 +1,268 @@
+"""Dimming programs, the calendar that picks one per night, the astronomical on/off clock and local time.
+
+A *night* is named by the date of its evening and runs from local noon to the next local noon; its
+*timeline* is minutes since that noon (0..1440). Everything is resolved once per night into a
+:class:`Night` (a few small tuples), so the control loop only compares integers.
+
+Program steps are ``[when, level_percent]``; ``when`` is ``"HH:MM"`` (local wall time; 12:00-23:59 is the
+evening, 00:00-11:59 the next morning) or ``"sunset"``, ``"sunrise"``, ``"dusk"``, ``"dawn"`` with an
+optional offset in minutes (``"sunset+15"``, ``"dawn-30"``). Evening events are those of the evening's date,
+morning events those of the next date. Before the first step of a night the first step's level applies,
+after the last the last's. Steps are sorted per night, so ``"sunset"`` and ``"18:00"`` may swap by season.
+
+Calendar entries are checked in order, the first match names the night's program, else ``default``::
+
+    {"program": "xmas", "from": "12-20", "to": "01-06"}            # date range, may wrap over New Year
+    {"program": "weekend", "weekdays": [4, 5]}                       # 0 = Monday (nights of Fri, Sat)
+    {"program": "festive", "holidays": true}                         # evening date is in the holiday list
+
+Holidays are ``"YYYY-MM-DD"`` (one day) or ``"MM-DD"`` (every year).
+"""
+
+from streetlight import astro
+
+try:
+    from micropython import const
+except ImportError:  # CPython (unit tests)
+
+    def const(x):  # type: ignore[misc,unused-ignore]
+        return x
+
+
+AT_CLOCK = const(-1)  # step anchored to a wall-clock time; else an astro event id (astro.SUNRISE...)
+NOON = const(720)
+DST_RULES = ("none", "eu", "us")
+_ANCHORS = {"sunrise": astro.SUNRISE, "sunset": astro.SUNSET, "dawn": astro.DAWN, "dusk": astro.DUSK}
+
+
+def parse_when(text):
+    """``"22:30"`` -> (AT_CLOCK, 1350); ``"sunset+15"`` -> (astro.SUNSET, 15). Raises ValueError."""
+    if not isinstance(text, str):
+        raise ValueError("step time must be a string like '22:30' or 'sunset+15'")
+    t = text.strip().lower()
+    for name in _ANCHORS:
+        if t.startswith(name):
+            rest = t[len(name):].strip()
+            off = 0
+            if rest:
+                if rest[0] not in "+-" or not rest[1:].strip().isdigit():
+                    raise ValueError("bad offset in %r (use e.g. 'sunset+15' or 'sunrise-30')" % text)
+                off = int(rest[1:])
+                if off > 660:
+                    raise ValueError("offset in %r is more than 11 hours" % text)
+                if rest[0] == "-":
+                    off = -off
+            return (_ANCHORS[name], off)
+    parts = t.split(":")
+    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+        h, m = int(parts[0]), int(parts[1])
+        if h < 24 and m < 60:
+            return (AT_CLOCK, h * 60 + m)
+    raise ValueError("bad step time %r (use 'HH:MM' or sunset/sunrise/dusk/dawn with an offset)" % text)
+
+
+def parse_program(steps):
+    """``[["sunset", 100], ["23:00", 60]]`` -> tuple of (anchor, minutes, level_permille). Raises ValueError."""
+    if not isinstance(steps, list) or not steps:
+        raise ValueError("a program is a non-empty list of [time, level %] steps")
+    out = []
+    for step in steps:
+        if not isinstance(step, list) or len(step) != 2:
+            raise ValueError("step %r must be [time, level %%]" % (step,))
+        anchor, minutes = parse_when(step[0])
+        level = step[1]
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level <= 100:
+            raise ValueError("level in step %r must be 0..100 %%" % (step,))
+        out.append((anchor, minutes, int(level * 10 + 0.5)))
+    return tuple(out)
+
+
+def _month_day(text):
+    parts = text.split("-") if isinstance(text, str) else ()
+    if len(parts) != 2 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise ValueError("date %r must be 'MM-DD'" % (text,))
+    m, d = int(parts[0]), int(parts[1])
+    if not (1 <= m <= 12 and 1 <= d <= 31):
+        raise ValueError("date %r is not a day of the year" % text)
+    return m * 100 + d
+
+
+def parse_holidays(items):
+    """List of ``"YYYY-MM-DD"`` / ``"MM-DD"`` -> tuple of ints yyyymmdd / mmdd."""
+    if not isinstance(items, list):
+        raise ValueError("holidays must be a list of 'YYYY-MM-DD' or 'MM-DD'")
+    out = []
+    for h in items:
+        if isinstance(h, str) and len(h) == 10 and h[4] == "-" and h[:4].isdigit():
+            out.append(int(h[:4]) * 10000 + _month_day(h[5:]))
+        else:
+            out.append(_month_day(h))
+    return tuple(out)
+
+
+def parse_calendar(entries, programs):
+    """Calendar entries -> tuple of (program, from_mmdd, to_mmdd, weekday_mask, holidays_only)."""
+    if not isinstance(entries, list):
+        raise ValueError("calendar must be a list of entries")
+    out = []
+    for e in entries:
+        if not isinstance(e, dict) or "program" not in e:
+            raise ValueError("calendar entry %r needs a 'program'" % (e,))
+        if e["program"] not in programs:
+            raise ValueError("calendar entry names unknown program %r" % e["program"])
+        unknown = [k for k in e if k not in ("program", "from", "to", "weekdays", "holidays")]
+        if unknown:
+            raise ValueError("calendar entry has unknown key %r" % unknown[0])
+        if ("from" in e) != ("to" in e):
+            raise ValueError("calendar entry needs both 'from' and 'to'")
+        lo = _month_day(e["from"]) if "from" in e else 0
+        hi = _month_day(e["to"]) if "to" in e else 0
+        mask = 0
+        for wd in e.get("weekdays", ()):
+            if isinstance(wd, bool) or not isinstance(wd, int) or not 0 <= wd <= 6:
+                raise ValueError("weekdays must be 0 (Monday) .. 6 (Sunday), got %r" % (wd,))
+            mask |= 1 << wd
+        out.append((e["program"], lo, hi, mask, bool(e.get("holidays", False))))
+    return tuple(out)
+
+
+def _last_sunday(y, m):
+    """Day number of the last Sunday of month m (31-day months only: March, October)."""
+    z = astro.days_from_civil(y, m, 31)
+    return z - (astro.weekday(z) + 1) % 7
+
+
+def _nth_sunday(y, m, n):
+    z = astro.days_from_civil(y, m, 1)
+    return z + (6 - astro.weekday(z)) % 7 + 7 * (n - 1)
+
+
+def utc_offset(utc_s, base_min, dst):
+    """Local offset from UTC in minutes at ``utc_s`` (seconds since 1970) for a zone at ``base_min`` with
+    daylight-saving rule ``dst``: ``"eu"`` (last Sunday of March 01:00 UTC .. last Sunday of October
+    01:00 UTC), ``"us"`` (second Sunday of March 02:00 local .. first Sunday of November 02:00 local)."""
+    if dst == "none":
+        return base_min
+    y = astro.civil_from_days(utc_s // 86400)[0]
+    if dst == "eu":
+        start = _last_sunday(y, 3) * 86400 + 3600
+        end = _last_sunday(y, 10) * 86400 + 3600
+    else:
+        start = _nth_sunday(y, 3, 2) * 86400 + 7200 - base_min * 60
+        end = _nth_sunday(y, 11, 1) * 86400 + 7200 - (base_min + 60) * 60
+    return base_min + 60 if start <= utc_s < end else base_min
+
+
+class Night:
+    """One night resolved: its program, clock on/off and sorted steps on the timeline (minutes from noon)."""
+
+    def __init__(self, day, program, on, off, steps):
+        self.day = day  # day number of the evening
+        self.program = program
+        self.on = on  # timeline minute the clock switches on
+        self.off = off  # timeline minute the clock switches off
+        self.steps = steps  # tuple of (timeline minute, level permille), sorted
+
+    def clock_on(self, t):
+        return self.on <= t < self.off
+
+    def level(self, t):
+        """Program level (permille) at timeline minute ``t``."""
+        steps = self.steps
+        lvl = steps[0][1]
+        for i in range(len(steps)):
+            if steps[i][0] <= t:
+                lvl = steps[i][1]
+            else:
+                break
+        return lvl
+
+    def next_change(self, t):
+        """Timeline minute of the next step or clock switch after ``t`` (1440 if none tonight)."""
+        nxt = 1440
+        for m in (self.on, self.off):
+            if t < m < nxt:
+                nxt = m
+        for m, _ in self.steps:
+            if t < m < nxt:
+                nxt = m
+        return nxt
+
+
+class Schedule:
+    """Programs + calendar + astronomical clock for one place. Rebuilt (cheaply) when settings change."""
+
+    def __init__(self, lat, lon, programs, calendar=(), holidays=(), on_at=(astro.SUNSET, 0),
+                 off_at=(astro.SUNRISE, 0), tz_min=0, dst="none"):
+        self.lat = lat
+        self.lon = lon
+        self.programs = programs  # name -> parsed program
+        self.calendar = calendar
+        self.holidays = holidays
+        self.on_at = on_at
+        self.off_at = off_at
+        self.tz_min = tz_min
+        self.dst = dst
+        self._night = None
+
+    def program_for(self, day):
+        """Name of the program the calendar picks for the night whose evening is day number ``day``."""
+        y, m, d = astro.civil_from_days(day)
+        md = m * 100 + d
+        holiday = md in self.holidays or y * 10000 + md in self.holidays
+        wd = astro.weekday(day)
+        for name, lo, hi, mask, hol in self.calendar:
+            if hol and not holiday:
+                continue
+            if lo and not ((lo <= md <= hi) if lo <= hi else (md >= lo or md <= hi)):
+                continue
+            if mask and not (mask >> wd) & 1:
+                continue
+            return name
+        return "default"
+
+    def _event(self, anchor, minutes, day, evening):
+        """Timeline minute of a step/clock anchor for the night of ``day``."""
+        if anchor == AT_CLOCK:
+            return minutes - NOON if minutes >= NOON else minutes + NOON
+        ev_day = day if evening else day + 1
+        utc = astro.sun_event(ev_day, self.lat, self.lon, anchor)
+        if utc < 0 and (utc == astro.ALWAYS_UP or utc == astro.ALWAYS_DOWN):
+            return utc
+        off = utc_offset(ev_day * 86400 + 43200, self.tz_min, self.dst)
+        local = int(utc + off + 0.5)  # minutes after local midnight of ev_day
+        return local - NOON + (0 if evening else 1440) + minutes
+
+    def night(self, day):
+        """The resolved :class:`Night` whose evening is day number ``day`` (cached)."""
+        n = self._night
+        if n is not None and n.day == day:
+            return n
+        name = self.program_for(day)
+        steps = []
+        for anchor, minutes, level in self.programs[name]:
+            evening = anchor == astro.SUNSET or anchor == astro.DUSK
+            t = self._event(anchor, minutes, day, evening)
+            if t == astro.ALWAYS_UP or t == astro.ALWAYS_DOWN:
+                continue  # the anchor does not happen tonight (polar summer/winter): skip the step
+            steps.append((max(0, min(1439, t)), level))
+        if not steps:
+            steps.append((0, self.programs[name][0][2]))
+        steps.sort(key=lambda s: s[0])
+        on = self._event(self.on_at[0], self.on_at[1], day, True)
+        off = self._event(self.off_at[0], self.off_at[1], day, False)
+        if on == astro.ALWAYS_UP or off == astro.ALWAYS_UP:
+            on = off = 0  # the sun never sets that far: no darkness, the clock stays off
+        elif on == astro.ALWAYS_DOWN or off == astro.ALWAYS_DOWN:
+            on, off = 0, 1440  # polar night: on all night
+        self._night = Night(day, name, max(0, on), min(1440, off), tuple(steps))
+        return self._night
+
+    def local(self, utc_s):
+        """(evening day number, timeline minute) of the night that contains UTC second ``utc_s``."""
+        loc = utc_s + utc_offset(utc_s, self.tz_min, self.dst) * 60
+        day = loc // 86400
+        minute = (loc % 86400) // 60
+        if minute >= NOON:
+            return day, minute - NOON
+        return day - 1, minute + NOON
