@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ class Metric:
     name: str
     kind: str
     help: str
-    samples: list[tuple[Mapping[str, str], float]] = field(default_factory=list)
+    samples: Sequence[tuple[Mapping[str, str], float]] = field(default_factory=list)
 
     @classmethod
     def single(cls, name: str, kind: str, help: str, value: float) -> Metric:

@@ -32,8 +32,10 @@ class Link(Protocol):
     """A southbound link as the agent sees it."""
 
     name: str
-    state: LinkState
     stats: LinkStats
+
+    @property
+    def state(self) -> LinkState: ...
 
     def send(self, data: bytes) -> bool:
         """Queue ``data`` (one or more encoded frames) for the node side; False if it was dropped."""

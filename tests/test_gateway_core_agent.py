@@ -1,0 +1,97 @@
+"""The whole agent in-process: READY over a real notify socket, frames over a pty, /metrics, shutdown flush."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import tty
+from pathlib import Path
+
+from cewire import PRIO_HIGH, codes, payloads
+
+from cityedge.manifest import provision
+from gateway.agent import Agent
+from gateway.config import load_config
+from gateway.simnode import SimNode
+from gateway.systemd import Notifier
+
+
+async def http_get(port: int, path: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    return data.decode().partition("\r\n\r\n")[2]
+
+
+async def test_agent_starts_ingests_reports_and_stops(tmp_path: Path) -> None:
+    rec = provision(tmp_path / "nodes.json", node_id=7, role="medical", site="s", lat=0, lon=0, name="bed-7")
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = os.ttyname(slave)
+    os.close(slave)
+    os.set_blocking(master, False)
+    (tmp_path / "gw.toml").write_text(f"""
+[gateway]
+id = "gw-test"
+state_dir = "state"
+[[serial]]
+name = "ward"
+port = "{port}"
+reopen_min_s = 0.05
+[nodes]
+manifest = "nodes.json"
+[health]
+listen = "127.0.0.1:0"
+[watchdog]
+stall_after_s = 5
+""")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    config = load_config(tmp_path / "gw.toml")
+    agent = Agent(config, notifier=Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")}), install_signals=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        msg = notify.recv(1000).decode()
+        assert msg.startswith("READY=1\nSTATUS=0/1 nodes online, 0/1 serial links open") or "READY=1" in msg
+        node = SimNode(7, rec.key, rec.key_id, "medical")
+        for _ in range(100):
+            if agent.links[0].state.value == "open":
+                break
+            await asyncio.sleep(0.02)
+        os.write(master, node.hello() + node.data({payloads.L_SPO2: 975, payloads.L_HR: 725})
+                 + node.event(codes.SPO2_LOW, prio=PRIO_HIGH, value=880, label=payloads.L_SPO2))
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            try:
+                node.receive(os.read(master, 65536))
+            except BlockingIOError:
+                pass
+            if node.pending == 0:
+                break
+        assert node.pending == 0 and node.times
+        assert agent.health_port is not None
+        metrics = await http_get(agent.health_port, "/metrics")
+        assert 'cityedge_outbox_depth{priority="alarm"} 1' in metrics
+        assert "cityedge_frames_accepted_total 3" in metrics
+        assert 'cityedge_node_online{node="7"} 1' in metrics
+        assert 'cityedge_link_up{link="ward"} 1' in metrics
+        assert 'cityedge_loop_lag_seconds{loop="serial:ward"}' in metrics
+        status = json.loads(await http_get(agent.health_port, "/status"))
+        assert status["healthy"] is True and status["nodes"][0]["name"] == "bed-7"
+        assert rec.key.hex() not in json.dumps(status) + metrics  # no secrets in the endpoint
+        # a frame that arrives just before shutdown is flushed into the outbox before it closes
+        os.write(master, node.data({payloads.L_SPO2: 970}))
+        await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        notify.close()
+        os.close(master)
+    assert agent.ingest is not None and agent.ingest.stats.accepted == 4
+    assert agent.outbox is not None and agent.outbox.total >= 4  # + node_state events
