@@ -34,7 +34,7 @@ _NONE = const(0x18)  # ST_INVALID | ST_UNAVAILABLE
 _NB = const(8)  # beats kept for the median filters
 _MIN_BEATS = const(4)  # intervals needed before a value is no longer an early estimate
 _REJECT_RESET = const(4)  # consecutive rejected beats after which the rhythm is re-learnt
-_LOW_PI_X100 = const(30)  # perfusion index below 0.30 % is "low perfusion"
+_LOW_PI_X100 = const(40)  # perfusion index below 0.40 % is "low perfusion"
 _SQI_POOR = const(50)
 
 # Calibration curve SpO2 = f(R), piecewise linear, (R Q10, SpO2 x10). This is the empirical textbook curve
@@ -207,8 +207,11 @@ class PpgProcessor:
 
     def _update_slope(self, pk):
         est = self._slope_est
-        if est <= 0 or self._nb < 2:
-            self._slope_est = pk if est <= 0 else (est + pk) >> 1
+        if self._nb < 2:
+            # learning: fast attack, so a dicrotic wave (a fraction of the systolic upstroke) stays below
+            # the threshold once the first real upstroke was seen
+            if pk > est:
+                self._slope_est = pk
             return
         if pk > est * 3:
             pk = est * 3
