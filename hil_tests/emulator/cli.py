@@ -1,0 +1,59 @@
+"""``cityedge board``: start emulated boards for manual use (mpremote, the flashing tool, the gateway)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cityedge.errors import CityedgeError
+from cityedge.firmware_files import ROLES
+from hil_tests.emulator.board import BoardError, EmulatedBoard
+
+
+def register(subparsers: Any) -> None:
+    """Add ``board`` with its ``start`` subcommand to the ``cityedge`` command."""
+    parser = subparsers.add_parser("board", help="emulated MicroPython boards (REPL and link UART on ptys)")
+    sub = parser.add_subparsers(dest="board_command", metavar="ACTION")
+    start = sub.add_parser("start", help="start one emulated board and print its ports as one JSON line")
+    start.add_argument("--role", choices=ROLES, default="bare", help="app image to install (bare: MicroPython only)")
+    start.add_argument("--flash", type=Path, required=True, help="host folder that backs the board's flash")
+    start.add_argument("--keep-flash", action="store_true", help="boot the flash folder as it is (no install)")
+    start.add_argument("--virtual-time", action="store_true", help="run on a host-advanced clock")
+    start.add_argument("--name", default="board0", help="board name (also seeds its unique_id)")
+    start.set_defaults(func=_start)
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _start(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    role = None if args.keep_flash else args.role
+    try:
+        board = EmulatedBoard(args.flash, role=role, virtual_time=args.virtual_time, name=args.name)
+        with board:
+            board.wait_for_output(">>> " if role is None or role == "bare" else "\n", timeout=15)
+            info = {
+                "repl": board.repl_port,
+                "link": board.link_port,
+                "name": board.name,
+                "role": args.role if role else None,
+                "flash": str(Path(args.flash).resolve()),
+                "virtual_time": args.virtual_time,
+                "pid": board.host.pid,
+            }
+            print(json.dumps(info), flush=True)
+            while not stop.wait(0.5):
+                if board.host.pid is None:
+                    break
+            time.sleep(0)
+    except BoardError as exc:
+        raise CityedgeError(f"the emulated board did not start: {exc.message}", hint=exc.hint) from exc
+    print("board stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,304 @@
+// Host process of one or more emulated boards (each board is a worker thread running board_worker.mjs).
+//
+//   node host.mjs CONFIG.json
+// CONFIG: {"micropython": path, "boards": [{"id", "repl_fd", "link_fd", "flash", "virtual_time", "start_time_ms",
+//          "unique_id": [bytes], "pins": {...}, "devices": [...], "heapsize", "seed"}]}
+// The REPL and link pseudo-terminal masters are inherited file descriptors; this thread reads and writes them,
+// applies link faults, keeps each board's serial log, powers boards on and off and respawns a hung board.
+//
+// Control channel: JSON lines on stdin, {"id": n, "board": id, "op": ..., ...}; answers on stdout
+// {"id": n, "ok": bool, "result"|"error": ...}; events {"event": "reset"|"log"|"fatal", "board": id, ...}.
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import tty from 'node:tty';
+import { Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const WORKER = path.join(here, 'board_worker.mjs');
+const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+const LOG_MAX = 256 * 1024;
+const RING_SIZE = 1 << 16;
+
+// ESP32 ROM reset lines and MicroPython machine.reset_cause() values
+const CAUSES = {
+  pwron: { code: 1, rom: 'rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)' },
+  brownout: { code: 1, rom: 'rst:0xf (RTCWDT_BROWN_OUT_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)' },
+  hard: { code: 2, rom: 'rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)' },
+  hung: { code: 2, rom: 'rst:0xc (SW_CPU_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)' },
+  wdt: { code: 3, rom: 'rst:0x7 (TG0WDT_SYS_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)' },
+  deepsleep: { code: 4, rom: 'rst:0x5 (DEEPSLEEP_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)' },
+};
+
+function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
+
+function mulberry32(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// A pty master we read with libuv and write without ever blocking this thread (a port nobody has open
+// drops what does not fit, like a UART with nobody listening).
+class PtyPort {
+  constructor(fd, onData) {
+    this.fd = fd;
+    this.queue = [];
+    this.queued = 0;
+    this.timer = null;
+    this.stream = new tty.ReadStream(fd);
+    this.stream.on('data', onData);
+    this.stream.on('error', () => {});
+  }
+  write(buf) {
+    if (!buf.length) return;
+    this.queue.push(Buffer.from(buf));
+    this.queued += buf.length;
+    while (this.queued > 64 * 1024 && this.queue.length > 1) this.queued -= this.queue.shift().length;
+    this.pump();
+  }
+  pump() {
+    while (this.queue.length) {
+      const head = this.queue[0];
+      let n = 0;
+      try { n = fs.writeSync(this.fd, head); } catch (e) {
+        if (e.code !== 'EAGAIN') { this.queue = []; this.queued = 0; return; }
+      }
+      if (n === head.length) { this.queue.shift(); this.queued -= n; continue; }
+      if (n > 0) { this.queue[0] = head.subarray(n); this.queued -= n; }
+      if (!this.timer) this.timer = setTimeout(() => { this.timer = null; this.pump(); }, 5);
+      return;
+    }
+  }
+}
+
+class Board {
+  constructor(cfg) {
+    this.cfg = cfg;
+    this.id = cfg.id;
+    this.ctlSab = new SharedArrayBuffer(8 * 4);
+    this.ringSab = new SharedArrayBuffer(RING_SIZE);
+    this.horizonSab = new SharedArrayBuffer(8);
+    this.ctl = new Int32Array(this.ctlSab);
+    this.ring = new Uint8Array(this.ringSab);
+    this.horizon = new Float64Array(this.horizonSab);
+    this.horizon[0] = cfg.start_time_ms ?? Date.now();
+    this.log = [];
+    this.logLen = 0;
+    this.worker = null;
+    this.powered = false;
+    this.pending = new Map(); // control id -> true (answered by the worker)
+    this.link = { cut: false, ber: 0, drop: 0, delay_ms: 0, rx_bytes: 0, tx_bytes: 0, corrupted: 0, dropped: 0 };
+    this.linkLastDue = 0;
+    this.rand = mulberry32(cfg.seed ?? 1);
+    this.lastRead = 0;
+    this.stuckSince = 0;
+    this.boots = 0;
+    this.resetReason = 'pwron';
+    this.repl = new PtyPort(cfg.repl_fd, (d) => this.input(d));
+    this.linkPort = cfg.link_fd !== undefined && cfg.link_fd !== null
+      ? new PtyPort(cfg.link_fd, (d) => this.fromLink(d)) : null;
+  }
+
+  appendLog(buf) {
+    this.log.push(Buffer.from(buf));
+    this.logLen += buf.length;
+    while (this.logLen > LOG_MAX && this.log.length > 1) this.logLen -= this.log.shift().length;
+  }
+
+  output(buf) { this.appendLog(buf); this.repl.write(buf); }
+
+  input(data) {
+    if (!this.powered) return; // a board without power does not hear its USB-serial adapter
+    let w = Atomics.load(this.ctl, 0);
+    for (const c of data) {
+      if (w - Atomics.load(this.ctl, 1) >= RING_SIZE) break; // overrun: drop, as a full UART FIFO does
+      this.ring[w % RING_SIZE] = c;
+      w++;
+    }
+    Atomics.store(this.ctl, 0, w);
+    Atomics.notify(this.ctl, 0);
+    if (this.worker) this.worker.postMessage({ type: 'kick' });
+  }
+
+  // ---- link UART with faults -----------------------------------------------------------------------
+  mangle(data, dir) {
+    if (this.link.cut) return null;
+    const out = [];
+    for (let c of data) {
+      if (this.link.drop && this.rand() < this.link.drop) { this.link.dropped++; continue; }
+      if (this.link.ber) {
+        let flipped = false;
+        for (let bit = 0; bit < 8; bit++) if (this.rand() < this.link.ber) { c ^= 1 << bit; flipped = true; }
+        if (flipped) this.link.corrupted++;
+      }
+      out.push(c);
+    }
+    void dir;
+    return Uint8Array.from(out);
+  }
+  deliver(fn) {
+    if (!this.link.delay_ms) { fn(); return; }
+    const due = Math.max(Date.now() + this.link.delay_ms, this.linkLastDue);
+    this.linkLastDue = due;
+    setTimeout(fn, due - Date.now());
+  }
+  fromLink(data) {
+    this.link.rx_bytes += data.length;
+    if (!this.powered) return;
+    const out = this.mangle(data, 'rx');
+    if (!out || !out.length) return;
+    this.deliver(() => { if (this.worker) this.worker.postMessage({ type: 'uart', uart: this.cfg.link_uart, data: out }); });
+  }
+  toLink(data) {
+    this.link.tx_bytes += data.length;
+    const out = this.mangle(data, 'tx');
+    if (!out || !out.length || !this.linkPort) return;
+    this.deliver(() => this.linkPort.write(out));
+  }
+
+  // ---- power and resets ----------------------------------------------------------------------------
+  spawn(cause, opts = {}) {
+    this.kill();
+    this.powered = true;
+    this.resetReason = cause;
+    this.boots++;
+    Atomics.store(this.ctl, 1, Atomics.load(this.ctl, 0)); // input typed before the reset is gone
+    const c = CAUSES[cause] || CAUSES.hard;
+    this.output(Buffer.from(`\r\n${c.rom}\r\n`, 'latin1'));
+    const w = new Worker(WORKER, {
+      workerData: {
+        micropython: config.micropython,
+        boardId: this.id,
+        flashDir: this.cfg.flash,
+        virtualTime: !!this.cfg.virtual_time,
+        startTimeMs: this.cfg.virtual_time ? this.horizon[0] : undefined,
+        uniqueId: this.cfg.unique_id || [0, 0, 0, 0, 0, 0],
+        resetCause: c.code,
+        resetReason: cause,
+        pins: this.cfg.pins || {},
+        devices: this.cfg.devices || [],
+        heapsize: this.cfg.heapsize,
+        replUart: 0,
+        rawRepl: !!opts.rawRepl,
+        ctlSab: this.ctlSab,
+        ringSab: this.ringSab,
+        horizonSab: this.horizonSab,
+      },
+    });
+    this.worker = w;
+    w.on('message', (m) => this.fromWorker(w, m));
+    w.on('error', (e) => { send({ event: 'fatal', board: this.id, text: String(e && e.stack || e) }); });
+    w.on('exit', () => { if (this.worker === w) this.worker = null; });
+    send({ event: 'reset', board: this.id, cause, boots: this.boots });
+  }
+
+  kill() {
+    const w = this.worker;
+    this.worker = null;
+    if (w) w.terminate();
+    for (const [id, op] of this.pending) send({ id, ok: false, error: `board ${this.id} reset while answering ${op}` });
+    this.pending.clear();
+  }
+
+  powerOff() { this.kill(); this.powered = false; }
+
+  fromWorker(w, m) {
+    if (w !== this.worker) return; // a terminated worker's last words
+    switch (m.type) {
+      case 'out': this.output(m.data); break;
+      case 'uart':
+        if (m.uart === this.cfg.link_uart) this.toLink(m.data);
+        break;
+      case 'reset':
+        if (m.cause === 'deepsleep') {
+          this.kill();
+          const ms = m.sleep_ms || 0;
+          if (this.cfg.virtual_time) this.spawn('deepsleep');
+          else setTimeout(() => { if (!this.worker && this.powered) this.spawn('deepsleep'); }, ms);
+        } else this.spawn(m.cause);
+        break;
+      case 'reply':
+        this.pending.delete(m.id);
+        send(m.ok ? { id: m.id, ok: true, result: m.result } : { id: m.id, ok: false, error: m.result });
+        break;
+      case 'log': send({ event: 'log', board: this.id, text: m.text }); break;
+      case 'fatal': send({ event: 'fatal', board: this.id, text: m.text }); break;
+      default: break;
+    }
+  }
+
+  // A VM stuck in a loop that never sleeps cannot see Ctrl-C: if a Ctrl-C waits unread for a second,
+  // respawn the board (a hard reset, as pressing EN on a hung board).
+  checkHung(now) {
+    if (!this.worker) return;
+    const r = Atomics.load(this.ctl, 1);
+    const w = Atomics.load(this.ctl, 0);
+    let ctrlC = false;
+    for (let i = r; i < w; i++) if (this.ring[i % RING_SIZE] === 3) { ctrlC = true; break; }
+    if (!ctrlC || r !== this.lastRead) { this.lastRead = r; this.stuckSince = now; return; }
+    if (now - this.stuckSince > 1000) { this.stuckSince = now; this.spawn('hung'); }
+  }
+
+  control(m) {
+    switch (m.op) {
+      case 'power_on': if (!this.worker) this.spawn(m.cause || 'pwron'); return { powered: true };
+      case 'power_off': this.powerOff(); return { powered: false };
+      case 'reset': this.spawn(m.cause || 'hard'); return { cause: m.cause || 'hard' };
+      case 'serial_log': return Buffer.concat(this.log).toString('latin1');
+      case 'clear_log': this.log = []; this.logLen = 0; return true;
+      case 'link': {
+        for (const k of ['cut', 'ber', 'drop', 'delay_ms']) if (k in m) this.link[k] = m[k];
+        return { ...this.link };
+      }
+      case 'status':
+        return { powered: this.powered, boots: this.boots, reset_reason: this.resetReason, link: { ...this.link },
+          horizon_ms: this.horizon[0] };
+      case 'advance':
+        if (!this.cfg.virtual_time) throw new Error('this board runs on real time; start it with virtual_time=True');
+        this.horizon[0] += Number(m.ms);
+        Atomics.add(this.ctl, 2, 1);
+        Atomics.notify(this.ctl, 2);
+        return undefined; // forwarded: the worker answers when its clock got there
+      default: return undefined;
+    }
+  }
+}
+
+const boards = new Map();
+for (const b of config.boards) {
+  const board = new Board(b);
+  boards.set(String(b.id), board);
+  if (b.power !== false) board.spawn('pwron');
+}
+
+const rl = readline.createInterface({ input: process.stdin, terminal: false });
+rl.on('line', (line) => {
+  if (!line.trim()) return;
+  let m;
+  try { m = JSON.parse(line); } catch (e) { send({ event: 'error', text: `bad control line: ${line.slice(0, 80)}` }); return; }
+  const board = boards.get(String(m.board));
+  if (!board) { send({ id: m.id, ok: false, error: `no board ${m.board}` }); return; }
+  try {
+    const local = board.control(m);
+    const forward = local === undefined;
+    if (!forward) { send({ id: m.id, ok: true, result: local }); return; }
+    if (!board.worker) { send({ id: m.id, ok: false, error: `board ${board.id} is powered off` }); return; }
+    board.pending.set(m.id, m.op);
+    board.worker.postMessage({ ...m, type: 'ctl' });
+  } catch (e) {
+    send({ id: m.id, ok: false, error: String(e.message || e) });
+  }
+});
+rl.on('close', () => { for (const b of boards.values()) b.kill(); process.exit(0); });
+
+const hungTimer = setInterval(() => { const now = Date.now(); for (const b of boards.values()) b.checkHung(now); }, 250);
+hungTimer.unref?.();
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { for (const b of boards.values()) b.kill(); process.exit(0); });
+send({ event: 'started', boards: [...boards.keys()] });
