@@ -1,0 +1,152 @@
+"""One board, start to end: connect, (firmware), deploy, provision, verify, record.
+
+Every run leaves a ledger record, also a failed one (with the error and its exit code). The result is a
+plain dict (the ``--json`` output and the batch summary use it); a failure is re-raised for a single board
+so the CLI prints the sentence and exits with its code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cityedge.errors import CityedgeError, ConfigError
+from cityedge.firmware_files import DEFAULT_BOARD, MAX_TRIES
+from cityedge.manifest import NodeRecord, load_manifest, provision
+from tools.flash import firmware as fw
+from tools.flash import ledger
+from tools.flash.board import Board
+from tools.flash.deploy import build_image, deploy, probe_roots, provision_board
+from tools.flash.errors import EXIT_FIRMWARE, FlashError
+from tools.flash.transport import RawRepl
+from tools.flash.verify import confirm_and_selftest, watch_boot
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class Job:
+    """What to do to one board."""
+
+    port: str
+    role: str
+    manifest: Path
+    ledger: Path | None
+    node_id: int | None = None
+    name: str = ""
+    site: str = ""
+    lat: float | None = None
+    lon: float | None = None
+    link: dict[str, Any] = field(default_factory=lambda: {"kind": "uart", "baud": 115200})
+    reprovision: bool = False
+    link_port: str | None = None
+    verify: bool = True
+    selftest: bool = True
+    boot_timeout: float = 20.0
+    settle: float = 2.0
+    source: bool = False
+    board: str = DEFAULT_BOARD
+    max_tries: int = MAX_TRIES
+    firmware: Path | None = None
+    erase: bool = False
+    chip: str | None = None
+    usb_serial: str | None = None
+    baudrate: int = 115200
+
+
+def _provision_decision(job: Job, node_on_board: dict[str, Any] | None) -> tuple[bool, str]:
+    """(write /node.json?, why). Keys rotate only when asked, or when the board is new to this node id."""
+    if job.node_id is None:
+        if node_on_board is None:
+            return False, "not provisioned (no --node-id given)"
+        return False, "kept the node's provisioning"
+    if job.reprovision:
+        return True, "re-provisioned (key rotated)"
+    if node_on_board is None or node_on_board.get("node_id") != job.node_id:
+        return True, "provisioned"
+    try:
+        rec = load_manifest(job.manifest).get(job.node_id)
+    except ConfigError:
+        rec = None
+    if rec is None or rec.key_id != node_on_board.get("key_id"):
+        return True, "re-provisioned (the manifest did not hold this node's key)"
+    return False, "kept the node's provisioning"
+
+
+def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
+    """Do ``job``; returns the result dict (``result`` = ``ok`` or ``failed``). Raises nothing but
+    KeyboardInterrupt: failures are in the dict (``error``, ``exit_code``) and in the ledger."""
+    say = progress or (lambda step, frac: None)
+    t0 = time.monotonic()
+    rec: dict[str, Any] = {"port": job.port, "usb_serial": job.usb_serial, "role": job.role, "node_id": job.node_id,
+                           "result": "failed"}
+    record: NodeRecord | None = None
+    try:
+        if job.firmware is not None:
+            say("firmware", 0.0)
+            if job.firmware.suffix.lower() == ".uf2":
+                res = fw.flash_uf2(job.firmware)
+            else:
+                res = fw.flash_esp32(job.port, job.firmware, erase=job.erase, chip=job.chip)
+            rec["firmware_image"] = res.as_dict()
+            time.sleep(1.0)  # the board reboots into MicroPython
+        say("connect", 0.02)
+        with RawRepl(job.port, job.baudrate) as repl:
+            try:
+                repl.enter_raw()
+            except FlashError as exc:
+                if job.firmware is None:
+                    raise
+                raise FlashError("MicroPython does not answer after flashing the image", port=job.port,
+                                 exit_code=EXIT_FIRMWARE, hint="check that the image is for this board") from exc
+            board = Board(repl)
+            info = board.probe(probe_roots())
+            rec.update(chip_id=info.uid, board=info.machine, micropython=info.micropython, mpy=info.mpy)
+            say("compile", 0.05)
+            image = build_image(job.role, info, board=job.board, source=job.source)
+            wire0 = repl.tx_bytes + repl.rx_bytes
+            dep = deploy(board, info, image, max_tries=job.max_tries,
+                         progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
+            rec["app"] = {"version": image.version, **dep.as_dict()}
+            rec["hashes"] = dep.hashes or {f"{p}": h for p, (_, h) in info.files.items()}
+            do_prov, why = _provision_decision(job, info.node)
+            if do_prov:
+                say("provision", 0.7)
+                if job.lat is None or job.lon is None:
+                    raise CityedgeError("provisioning needs the node's position", exit_code=2,
+                                        hint="give --lat and --lon (the streetlight's astronomical clock needs them)")
+                assert job.node_id is not None
+                record = provision(job.manifest, node_id=job.node_id, role=job.role, site=job.site, lat=job.lat,
+                                   lon=job.lon, link=job.link, chip_id=info.uid, name=job.name)
+                rec["node_config_sha256"] = provision_board(board, record)
+            elif job.node_id is not None:
+                try:
+                    record = load_manifest(job.manifest).get(job.node_id)
+                except ConfigError:
+                    record = None
+            rec["provisioning"] = why
+            if record is not None:
+                rec["key_id"] = record.key_id
+            rec["wire_bytes"] = repl.tx_bytes + repl.rx_bytes - wire0
+            if job.verify:
+                say("reboot", 0.75)
+                watched = watch_boot(repl, dep.slot, record=record, link=job.link_port, timeout=job.boot_timeout,
+                                     settle=job.settle)
+                say("self-test", 0.9)
+                selftest = confirm_and_selftest(board, repl, job.role, run_selftest=job.selftest)
+                rec["verify"] = {**watched.as_dict(), "selftest": selftest}
+                repl.soft_reset_run()  # leave the node running its app
+            rec["result"] = "ok"
+    except CityedgeError as exc:
+        rec["error"] = exc.message
+        rec["hint"] = exc.hint
+        rec["exit_code"] = exc.exit_code
+    finally:
+        rec["seconds"] = round(time.monotonic() - t0, 3)
+        say("done" if rec["result"] == "ok" else "failed", 1.0)
+    if job.ledger is not None:
+        ledger.append(job.ledger, rec)
+    return rec
