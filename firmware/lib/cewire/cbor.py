@@ -1,6 +1,6 @@
 """The CBOR subset of the wire protocol (RFC 8949), the same code on MicroPython and CPython.
 
-Encodes: int (−2^64 .. 2^64−1), bytes, str, list/tuple, dict, True/False/None, float (as float64; the
+Maps are encoded deterministically (keys sorted by their encoded bytes). Encodes: int (−2^64 .. 2^64−1), bytes, str, list/tuple, dict, True/False/None, float (as float64; the
 protocol prefers scaled integers). Decodes the same plus float16/float32. Definite lengths only; tags,
 indefinite lengths, simple values other than false/true/null and nesting deeper than MAX_DEPTH are refused
 with WireError(E_PAYLOAD); an item running past the end gives WireError(E_TRUNCATED).
@@ -60,15 +60,27 @@ def dump_into(out: bytearray, obj, depth: int = 0) -> None:
         for v in obj:
             dump_into(out, v, depth + 1)
     elif isinstance(obj, dict):
+        # deterministic encoding (RFC 8949 §4.2.1): keys sorted by their encoded bytes, so MicroPython
+        # (unordered dicts) and CPython produce the same bytes and the same MAC for the same map
         _head(out, 5, len(obj))
+        keyed = []
         for k, v in obj.items():
-            dump_into(out, k, depth + 1)
+            kb = bytearray()
+            dump_into(kb, k, depth + 1)
+            keyed.append((bytes(kb), v))
+        keyed.sort(key=_first)
+        for kb, v in keyed:
+            out.extend(kb)
             dump_into(out, v, depth + 1)
     elif isinstance(obj, float):
         out.append(0xFB)
         out.extend(struct.pack(">d", obj))
     else:
         raise WireError(E_RANGE, "cannot encode %s" % type(obj).__name__)
+
+
+def _first(pair):
+    return pair[0]
 
 
 def dumps(obj) -> bytes:

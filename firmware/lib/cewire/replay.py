@@ -52,6 +52,14 @@ class ReplayWindow:
             self.top = seq
         else:
             self.mask |= 1 << (self.top - seq)
+        return self.advance(base)
+
+    def advance(self, base: int) -> int:
+        """Apply a sender's ``base`` (numbers below it are final); return how many were skipped unreceived.
+
+        Also used for authentic duplicates: a retransmission refused as a replay still tells the receiver
+        that the sender gave up everything below its base, which closes gaps left by a reboot.
+        """
         skipped = 0
         if base - 1 > self.cum:
             lo = self.cum
@@ -98,21 +106,32 @@ class Receiver:
         self.counts[name] = self.counts.get(name, 0) + 1
 
     def verify(self, buf):
-        """Decode and verify a frame from a node (MAC, then replay); raise WireError. Changes no window."""
+        """Decode and verify a frame from a node (MAC, then replay); raise WireError.
+
+        Only ``commit`` records a frame as received; an authentic duplicate may advance ``cum`` over numbers
+        its sender declared final (then the gateway's answer, the current ACK, releases them on the node).
+        """
         try:
             frame = decode_frame(buf, self.keyring, DIR_UP)
-            self.window(frame.node_id, frame.channel).check(frame.seq)
         except WireError as e:
             self._count(e.name)
             raise
+        w = self.window(frame.node_id, frame.channel)
+        if w.seen(frame.seq):
+            # an authentic duplicate: its base may still close a gap (see ReplayWindow.advance)
+            self._skip(frame.node_id, w.advance(frame.base))
+            self._count("replay")
+            raise WireError(E_REPLAY, "node %d ch %d seq %d (cum %d)" % (frame.node_id, frame.channel, frame.seq, w.cum))
         return frame
+
+    def _skip(self, node_id: int, n: int) -> None:
+        if n:
+            self.skipped[node_id] = self.skipped.get(node_id, 0) + n
 
     def commit(self, frame) -> int:
         """Mark a verified frame as durably received; return the channel's cumulative ack."""
         w = self.window(frame.node_id, frame.channel)
-        skipped = w.mark(frame.seq, frame.base)
-        if skipped:
-            self.skipped[frame.node_id] = self.skipped.get(frame.node_id, 0) + skipped
+        self._skip(frame.node_id, w.mark(frame.seq, frame.base))
         self._count("ok")
         return w.cum
 
@@ -124,6 +143,11 @@ class Receiver:
             if w is not None:
                 out[ch] = w.cum
         return out
+
+    def forget(self, node_id: int) -> None:
+        """Drop a node's windows (after it was re-provisioned with a new key and a wiped flash)."""
+        for ch in range(N_CHANNELS):
+            self._win.pop((node_id, ch), None)
 
     def export(self) -> dict:
         """All windows as ``{(node, channel): (top, mask, cum)}`` for persistence."""
