@@ -55,7 +55,9 @@ class MotionGate:
         if self._bg is None or self._bg.shape != grey.shape:
             self._bg = grey.astype(np.float32)
             return GateResult(False)
-        diff = cv2.absdiff(grey, cv2.convertScaleAbs(self._bg))
+        # Compensate a global brightness shift (dusk, auto-exposure) before comparing.
+        shift = float(cv2.mean(grey)[0]) - float(cv2.mean(self._bg)[0])
+        diff = cv2.absdiff(grey, cv2.convertScaleAbs(self._bg, beta=shift))
         cv2.accumulateWeighted(grey, self._bg, self.learn)
         _, mask = cv2.threshold(diff, self.threshold, 255, cv2.THRESH_BINARY)
         changed = cv2.countNonZero(mask) / mask.size
