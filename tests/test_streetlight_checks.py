@@ -236,7 +236,7 @@ def check_faults_raise_once_and_clear():
     from cewire import codes
     from streetlight import faults
 
-    fl = faults.Faults(delay_s=30, clear_s=30)
+    fl = faults.Faults(rated_w=60.0, delay_s=30, clear_s=30)
     s = _sample(faults)
     _run(fl, s, 0, 100)
     assert fl.events == [] and fl.codes() == []
@@ -260,7 +260,7 @@ def check_fault_rules():
     from streetlight import faults
 
     def raised(**kw):
-        fl = faults.Faults(delay_s=10, clear_s=10)
+        fl = faults.Faults(rated_w=60.0, v_over=27.0, v_under=20.0, i_over=3.0, delay_s=10, clear_s=10)
         _run(fl, _sample(faults, **kw), 0, 60)
         return [c for c, up in fl.events if up]
 
@@ -275,7 +275,7 @@ def check_fault_rules():
     # lit in daylight while the clock says day (no override): day burner
     assert raised(lux=5000, clock_day=True) == [codes.DAY_BURNER]
     assert raised(lux=5000, clock_day=True, forced=True) == []  # a maintenance test is not a fault
-    fl = faults.Faults(delay_s=10, clear_s=10, sensor_fail_s=20)
+    fl = faults.Faults(rated_w=60.0, delay_s=10, clear_s=10, sensor_fail_s=20)
     _run(fl, _sample(faults, sensor_ok=False), 0, 15)
     assert fl.events == []  # sensor failure waits sensor_fail_s, not delay_s
     _run(fl, _sample(faults, sensor_ok=False), 20, 30)
@@ -290,7 +290,7 @@ def check_cycling():
     from cewire import codes
     from streetlight import faults
 
-    fl = faults.Faults(delay_s=30, clear_s=30, cycling_count=3, cycling_window_s=600)
+    fl = faults.Faults(rated_w=60.0, delay_s=30, clear_s=30, cycling_count=3, cycling_window_s=600)
     s = _sample(faults)
     t = 0
     for _ in range(4):  # 4 x (60 s lit, 20 s dark): a cycling HID lamp

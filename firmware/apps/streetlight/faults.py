@@ -57,8 +57,8 @@ _CHECK_DUTY = const(3277)  # 5 % of duty_u16: below this, power readings are too
 
 # thresholds and their defaults; app settings "faults.<name>" override them
 DEFAULTS = (
-    ("rated_w", 60.0), ("standby_w", 2.0), ("lamp_fail_pct", 50), ("driver_pct", 150),
-    ("v_over", 27.0), ("v_under", 20.0), ("i_over", 3.0), ("i_under_pct", 70),
+    ("rated_w", 40.0), ("standby_w", 2.0), ("lamp_fail_pct", 50), ("driver_pct", 150),
+    ("v_over", 26.4), ("v_under", 21.6), ("i_over", 2.5), ("i_under_pct", 70),
     ("day_lux", 200), ("cycling_count", 3), ("cycling_window_s", 900),
     ("delay_s", 30), ("clear_s", 30), ("sensor_fail_s", 60),
 )

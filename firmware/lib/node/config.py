@@ -50,22 +50,14 @@ def _hex_key(value):
     return value.lower()
 
 
-def _node_id(value):
-    if isinstance(value, str) and not (0 < len(value) <= 32):
-        raise ValueError("must be 1..32 characters")
-    if isinstance(value, int) and not (0 <= value <= 0xFFFFFFFF):
-        raise ValueError("must be 0..4294967295")
-    return value
-
-
 # What the flashing tool writes to /node.json (see docs/streetlight.md, "Provisioning").
 PROVISIONING = (  # type: tuple
-    ("node_id", (int, str), REQUIRED, _node_id),
+    ("node_id", int, REQUIRED, (1, 0xFFFFFFFF)),  # u32 in every frame header
     ("role", str, REQUIRED, ("streetlight", "medical", "bare")),
     ("site", str, "", None),
     ("lat", float, None, (-90.0, 90.0)),
     ("lon", float, None, (-180.0, 180.0)),
-    ("key_id", int, REQUIRED, (0, 0xFFFF)),
+    ("key_id", int, REQUIRED, (0, 255)),
     ("key", str, REQUIRED, _hex_key),
     ("link", dict, {}, None),
 )

@@ -104,7 +104,7 @@ def note_reset(reason, path=BOOT_STATE):
 
 def _bootmgr():
     try:
-        import bootmgr
+        import bootmgr  # type: ignore[import-not-found]  # /lib/bootmgr.py on the board
 
         return bootmgr
     except ImportError:
