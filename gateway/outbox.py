@@ -136,6 +136,7 @@ class Outbox:
         self._jobs: list[_Job] = []
         self._wake = asyncio.Event()
         self._data = asyncio.Event()
+        self._urgent = asyncio.Event()  # set when a FAULT or ALARM was stored: the uplink stops waiting
         self._writer: asyncio.Task[None] | None = None
         self._depth: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._bytes = 0
@@ -293,6 +294,8 @@ class Outbox:
                         job.future.set_result(result)
                 if any(isinstance(r, PutResult) and r.stored for r in results):
                     self._data.set()
+                    if any(e.priority >= Priority.FAULT for job in jobs if job.puts for e in job.puts):
+                        self._urgent.set()
 
     def _write_sync(self, jobs: Sequence[_Job]) -> list[Any]:
         db = self._db
@@ -432,6 +435,15 @@ class Outbox:
         except TimeoutError:
             return False
         return True
+
+    async def wait_urgent(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a FAULT or ALARM to be stored; True if one was (the flag is cleared)."""
+        if not self._urgent.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), timeout)
+        was = self._urgent.is_set()
+        self._urgent.clear()
+        return was
 
     def _unread_possible(self) -> bool:
         return self._data.is_set() and self.total > 0
