@@ -355,6 +355,18 @@ class Board:
                 )
             time.sleep(0.02)
 
+    def wait_booted(self, timeout: float = 15.0, boots: int | None = None) -> str:
+        """Wait until boot number ``boots`` (default: the latest) reached main.py or the REPL; returns the
+        board's mode then (``app``, ``friendly`` or ``raw``)."""
+        if boots is None:
+            boots = int(self.status()["boots"])
+        want = boots
+
+        def booted(ev: dict[str, Any]) -> bool:
+            return ev.get("event") == "booted" and ev.get("board") == self.name and ev.get("boots", 0) >= want
+
+        return str(self.host.wait_event(booted, timeout=timeout)["mode"])
+
     # ---- clock ------------------------------------------------------------------------------------
     def advance(self, seconds: float, timeout: float | None = None) -> float:
         """Run the board's virtual clock ``seconds`` forward; returns the board time (Unix seconds)."""

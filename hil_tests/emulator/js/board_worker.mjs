@@ -18,6 +18,11 @@ const realSetImmediate = globalThis.setImmediate;
 
 const cfg = workerData;
 const { loadMicroPython } = await import(cfg.micropython);
+// device models other areas add (js/devices/<chip>.mjs call registerDevice when imported)
+const pluginDir = path.join(here, 'devices');
+if (fs.existsSync(pluginDir)) {
+  for (const f of fs.readdirSync(pluginDir).sort()) if (f.endsWith('.mjs')) await import(path.join(pluginDir, f));
+}
 
 // ---- shared input ring (written by the host thread) --------------------------------------------------
 // ctl[0] = write count, ctl[1] = read count, ctl[2] = horizon generation (virtual time), ctl[3] = busy flag
@@ -225,13 +230,16 @@ function copyIn(FS, hostDir, vmDir) {
     else if (ent.isFile()) FS.writeFile(dst, fs.readFileSync(src));
   }
 }
+let vmCwd = () => '/';
 function hostPath(vmPath) {
-  const p = path.posix.normalize(vmPath);
+  // the port's VfsPosix passes some paths relative to its root (rmdir): resolve them as Emscripten does
+  const p = path.posix.normalize(vmPath.startsWith('/') ? vmPath : `${vmCwd()}/${vmPath}`);
   if (p !== '/flash' && !p.startsWith('/flash/')) return null;
   return path.join(cfg.flashDir, p.slice('/flash'.length));
 }
 function hookFs(FS) {
   const { close, mkdir, rmdir, unlink, rename } = FS;
+  vmCwd = () => FS.cwd();
   // the host copy changes only after the VM's own operation succeeded; a host error is logged, never fatal
   const mirror = (what, fn) => { try { fn(); } catch (e) { emitErr(`flash write-through (${what}): ${e.message}`); } };
   FS.close = function (stream) {
@@ -428,10 +436,12 @@ async function bootVM(rawRepl, soft) {
   if (rawRepl) {
     muted = true; mp.replInit(); muted = false;
     enterRaw();
+    parentPort.postMessage({ type: 'booted', mode });
   } else {
     const hasMain = fs.existsSync(path.join(cfg.flashDir, 'main.py'));
     if (hasMain) {
       mode = 'app';
+      parentPort.postMessage({ type: 'booted', mode });
       const r = await runFile('main.py', gen);
       if (gen !== generation) return;
       if (r === 'exit') { softReset(false); return; }
@@ -439,6 +449,7 @@ async function bootVM(rawRepl, soft) {
     mode = 'friendly';
     mp.replInit();
   }
+  if (!rawRepl) parentPort.postMessage({ type: 'booted', mode });
   drainInput();
 }
 

@@ -228,6 +228,7 @@ class Board {
         this.pending.delete(m.id);
         send(m.ok ? { id: m.id, ok: true, result: m.result } : { id: m.id, ok: false, error: m.result });
         break;
+      case 'booted': this.mode = m.mode; send({ event: 'booted', board: this.id, mode: m.mode, boots: this.boots }); break;
       case 'log': send({ event: 'log', board: this.id, text: m.text }); break;
       case 'fatal': send({ event: 'fatal', board: this.id, text: m.text }); break;
       default: break;
