@@ -1,0 +1,1 @@
+"""Operations-center side of the uplink: the reference consumer and ``cityedge ops``."""
