@@ -1,6 +1,6 @@
 """PPG signal processing of the medical node, on CPython and on the MicroPython VM.
 
-The signal is the emulated probe's own model (hil_tests/emulator/js/ppg.mjs). The processor is integer-only,
+The signal is the emulated probe's own model (hil_tests/emulator/js/devices/ppg.mjs). The processor is integer-only,
 so the VM must produce exactly the same numbers as CPython; accuracy is then asserted on those numbers.
 """
 

@@ -1,6 +1,6 @@
 """Synthetic PPG samples for host-side tests and benchmarks, from the emulator's own signal model.
 
-The signal model lives in one place, ``hil_tests/emulator/js/ppg.mjs`` (the emulated MAX30102 samples it on
+The signal model lives in one place, ``hil_tests/emulator/js/devices/ppg.mjs`` (the emulated MAX30102 samples it on
 the board's clock); this module runs it as a command-line program so CPython tests, MicroPython-VM tests and
 ``benchmarks/ppg_accuracy.py`` process exactly the waveform an emulated board would see.
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from hil_tests.emulator.runner import node_executable
 
-PPG_JS = Path(__file__).resolve().parent / "js" / "ppg.mjs"
+PPG_JS = Path(__file__).resolve().parent / "js" / "devices" / "ppg.mjs"
 
 
 def r_for_spo2(spo2_pct: float) -> float:

@@ -6,7 +6,7 @@ try:
     from micropython import const
 except ImportError:  # CPython (unit tests)
 
-    def const(x):  # type: ignore[no-redef]
+    def const(x):  # type: ignore[misc, no-redef]
         return x
 
 

@@ -6,19 +6,19 @@ try:
     from micropython import const
 except ImportError:  # CPython (unit tests)
 
-    def const(x):  # type: ignore[no-redef]
+    def const(x):  # type: ignore[misc, no-redef]
         return x
 
 
 _PULSE_MS = const(150)
 # per priority (index 1..3): burst period ms, pulse start offsets ms, tone Hz
 _AUDIO = (
-    None,
+    (1, (), 0),
     (20_000, (0, 250), 523),
     (8_000, (0, 250, 500), 784),
     (6_000, (0, 250, 500, 1000, 1250, 2000, 2250, 2500, 3000, 3250), 988),
 )
-_VISUAL = (None, (0, 0), (2_000, 1_000), (500, 250))  # period ms, on-time ms (0: steady on)
+_VISUAL = ((0, 0), (0, 0), (2_000, 1_000), (500, 250))  # period ms, on-time ms (0: steady on)
 COLORS = ("off", "yellow", "yellow", "red")
 
 

@@ -13,7 +13,7 @@
 //
 // Host control ({"op": "set", "device": "max30102", ...}): any PPG parameter (hr_bpm, spo2, perfusion_pct,
 // noise_counts, wander, hrv, motion, probe_on, ...), plus attached/stuck from the framework.
-import { I2CRegisterDevice, registerDevice } from './devices.mjs';
+import { I2CRegisterDevice, registerDevice } from '../devices.mjs';
 import { PpgSignal, DEFAULTS as PPG_DEFAULTS } from './ppg.mjs';
 
 const RATES = [50, 100, 200, 400, 800, 1000, 1600, 3200];
