@@ -12,9 +12,8 @@ It depends on nothing but ``machine`` and the pin map (no app, no driver, no lib
 tool to deploy a fixed app.
 """
 
-import machine
-
 import board  # type: ignore[import-not-found]  # /lib/board.py, the pin map deployed per board
+import machine
 
 _TICK_MS = 50
 _FULL_AUDIO_MS = 600_000  # full audio signal for 10 min (>= 120 s), then a reminder burst each minute
