@@ -23,7 +23,7 @@ _BURST_MS = 8_000
 _TONE_HZ = 784
 _PROBE_ON_IR = 8192  # raw IR counts above which something is on the probe (18-bit ADC)
 
-_state = {"t": 0, "led": None, "buz": None, "i2c": None, "probe": False, "timer": None, "hz": -1}
+_state = {"t": 0, "led": None, "buz": None, "i2c": None, "probe": False, "timer": None, "hz": -1}  # type: dict
 
 
 def _probe_on():
