@@ -102,101 +102,111 @@ def _half(h: int) -> float:
     return -val if h & 0x8000 else val
 
 
-class _Reader:
-    # a cursor over the buffer; one per loads() call
-    def __init__(self, buf, start: int, end: int) -> None:
-        self.buf = buf
-        self.i = start
-        self.end = end
+def _arg(buf, i: int, end: int, info: int):
+    # the argument of an item head at buf[i-1]; returns (value, next index)
+    if info < 24:
+        return info, i
+    if info == 24:
+        size = 1
+    elif info == 25:
+        size = 2
+    elif info == 26:
+        size = 4
+    elif info == 27:
+        size = 8
+    else:
+        raise WireError(E_PAYLOAD, "indefinite length or reserved CBOR argument")
+    if i + size > end:
+        raise WireError(E_TRUNCATED, "CBOR argument cut short")
+    if size == 1:
+        return buf[i], i + 1
+    return int.from_bytes(bytes(buf[i : i + size]), "big"), i + size
 
-    def _arg(self, info: int) -> int:
-        buf = self.buf
-        i = self.i
-        if info < 24:
-            return info
-        if info == 24:
-            if i + 1 > self.end:
-                raise WireError(E_TRUNCATED, "CBOR argument cut short")
-            self.i = i + 1
-            return buf[i]
-        if info == 25:
-            size = 2
-        elif info == 26:
-            size = 4
-        elif info == 27:
-            size = 8
-        else:
-            raise WireError(E_PAYLOAD, "indefinite length or reserved CBOR argument")
-        if i + size > self.end:
-            raise WireError(E_TRUNCATED, "CBOR argument cut short")
-        self.i = i + size
-        return int.from_bytes(bytes(buf[i : i + size]), "big")
 
-    def _take(self, n: int):
-        i = self.i
-        if n > self.end - i:
+def _item(buf, i: int, end: int, depth: int):
+    """Decode the item at ``buf[i]``; return (value, next index)."""
+    if i >= end:
+        raise WireError(E_TRUNCATED, "CBOR item missing")
+    ib = buf[i]
+    i += 1
+    if ib < 0x18:  # small unsigned int: the common case for labels and scaled values
+        return ib, i
+    if ib == 0x18 and i < end:
+        return buf[i], i + 1
+    if ib == 0x19 and i + 1 < end:
+        return (buf[i] << 8) | buf[i + 1], i + 2
+    major = ib >> 5
+    info = ib & 0x1F
+    if major == 0:
+        return _arg(buf, i, end, info)
+    if major == 1:
+        n, i = _arg(buf, i, end, info)
+        return -1 - n, i
+    if major == 2 or major == 3:
+        n, i = _arg(buf, i, end, info)
+        if n > end - i:
             raise WireError(E_TRUNCATED, "CBOR string cut short")
-        self.i = i + n
-        return bytes(self.buf[i : i + n])
-
-    def item(self, depth: int):
-        if self.i >= self.end:
-            raise WireError(E_TRUNCATED, "CBOR item missing")
-        ib = self.buf[self.i]
-        self.i += 1
-        major = ib >> 5
-        info = ib & 0x1F
-        if major == 0:
-            return self._arg(info)
-        if major == 1:
-            return -1 - self._arg(info)
+        raw = bytes(buf[i : i + n])
         if major == 2:
-            return self._take(self._arg(info))
-        if major == 3:
-            raw = self._take(self._arg(info))
-            try:
-                return raw.decode()
-            except Exception:
-                raise WireError(E_PAYLOAD, "CBOR text is not UTF-8")
-        if major == 4 or major == 5:
-            if depth >= MAX_DEPTH:
-                raise WireError(E_PAYLOAD, "CBOR nested too deep")
-            n = self._arg(info)
-            # every item takes at least one byte: a count larger than what is left cannot be valid
-            if n > self.end - self.i:
-                raise WireError(E_TRUNCATED, "CBOR container longer than the payload")
-            if major == 4:
-                return [self.item(depth + 1) for _ in range(n)]
-            d = {}
+            return raw, i + n
+        try:
+            return raw.decode(), i + n
+        except Exception:
+            raise WireError(E_PAYLOAD, "CBOR text is not UTF-8")
+    if major == 4 or major == 5:
+        if depth >= MAX_DEPTH:
+            raise WireError(E_PAYLOAD, "CBOR nested too deep")
+        n, i = _arg(buf, i, end, info)
+        # every item takes at least one byte: a count larger than what is left cannot be valid
+        if n > end - i:
+            raise WireError(E_TRUNCATED, "CBOR container longer than the payload")
+        depth += 1
+        if major == 4:
+            out = []
             for _ in range(n):
-                k = self.item(depth + 1)
+                v, i = _item(buf, i, end, depth)
+                out.append(v)
+            return out, i
+        d = {}
+        for _ in range(n):
+            if i < end and buf[i] < 0x18:  # small int label: no call
+                k = buf[i]
+                i += 1
+            else:
+                k, i = _item(buf, i, end, depth)
                 if not isinstance(k, (int, str)):
                     raise WireError(E_PAYLOAD, "CBOR map key must be int or text")
-                d[k] = self.item(depth + 1)
-            return d
-        if major == 7:
-            if info == 20:
-                return False
-            if info == 21:
-                return True
-            if info == 22:
-                return None
-            if info in (25, 26, 27):
-                size = 2 if info == 25 else 4 if info == 26 else 8
-                raw = self._take(size)
-                if size == 2:
-                    return _half((raw[0] << 8) | raw[1])
-                return struct.unpack(">f" if size == 4 else ">d", raw)[0]
-            raise WireError(E_PAYLOAD, "unsupported CBOR simple value")
-        raise WireError(E_PAYLOAD, "CBOR tags are not part of the protocol")
+            if i < end and buf[i] < 0x18:
+                d[k] = buf[i]
+                i += 1
+            else:
+                v, i = _item(buf, i, end, depth)
+                d[k] = v
+        return d, i
+    if major == 7:
+        if info == 20:
+            return False, i
+        if info == 21:
+            return True, i
+        if info == 22:
+            return None, i
+        if info == 25 or info == 26 or info == 27:
+            size = 2 if info == 25 else 4 if info == 26 else 8
+            if i + size > end:
+                raise WireError(E_TRUNCATED, "CBOR float cut short")
+            raw = bytes(buf[i : i + size])
+            if size == 2:
+                return _half((raw[0] << 8) | raw[1]), i + 2
+            return struct.unpack(">f" if size == 4 else ">d", raw)[0], i + size
+        raise WireError(E_PAYLOAD, "unsupported CBOR simple value")
+    raise WireError(E_PAYLOAD, "CBOR tags are not part of the protocol")
 
 
 def loads(buf, start: int = 0, end: int = -1):
     """Decode exactly one CBOR item from ``buf[start:end]``; trailing bytes are an error (E_PAYLOAD)."""
     if end < 0:
         end = len(buf)
-    r = _Reader(buf, start, end)
-    obj = r.item(0)
-    if r.i != end:
+    obj, i = _item(buf, start, end, 0)
+    if i != end:
         raise WireError(E_PAYLOAD, "trailing bytes after the CBOR item")
     return obj

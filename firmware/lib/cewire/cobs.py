@@ -50,32 +50,30 @@ def cobs_encode(data) -> bytes:
     return bytes(out[:end])
 
 
-def cobs_decode_into(src, n: int, out) -> int:
+def cobs_decode_into(src, n: int, out, checked: bool = False) -> int:
     """Decode ``src[:n]`` (one COBS block, no delimiter) into ``out``; return the decoded length.
 
-    Raises WireError(E_COBS) on a zero byte inside, E_TRUNCATED when a code byte runs past the end,
-    E_OVERSIZE when ``out`` is too small.
+    Raises WireError(E_COBS) on a zero byte inside (skipped when ``checked``: the stream decoder split on
+    zeros already), E_TRUNCATED when a code byte runs past the end, E_OVERSIZE when ``out`` is too small.
     """
+    if not checked and src.find(b"\x00", 0, n) >= 0:
+        raise WireError(E_COBS, "zero byte inside a COBS block")
     i = 0
     j = 0
     cap = len(out)
     while i < n:
         code = src[i]
-        if code == 0:
-            raise WireError(E_COBS, "zero byte inside a COBS block")
         i += 1
         end = i + code - 1
         if end > n:
             raise WireError(E_TRUNCATED, "COBS block cut short")
-        if j + (end - i) > cap:
+        ln = end - i
+        if j + ln > cap:
             raise WireError(E_OVERSIZE, "decoded frame larger than the buffer")
-        while i < end:
-            b = src[i]
-            if b == 0:
-                raise WireError(E_COBS, "zero byte inside a COBS block")
-            out[j] = b
-            j += 1
-            i += 1
+        if ln:
+            out[j : j + ln] = src[i:end]
+            j += ln
+        i = end
         if code != 0xFF and i < n:
             if j >= cap:
                 raise WireError(E_OVERSIZE, "decoded frame larger than the buffer")
@@ -92,7 +90,7 @@ def cobs_decode(data) -> bytes:
     if n == 0:
         raise WireError(E_TRUNCATED, "empty COBS block")
     out = bytearray(n)
-    m = cobs_decode_into(data, n, out)
+    m = cobs_decode_into(bytes(data), n, out)
     return bytes(out[:m])
 
 
@@ -109,6 +107,7 @@ class StreamDecoder:
         self.max_frame = max_frame
         self.max_encoded = encoded_size(max_frame)
         self._buf = bytearray(self.max_encoded)
+        self._bmv = memoryview(self._buf)
         self._out = bytearray(max_frame)
         self._out_mv = memoryview(self._out)
         self._n = 0
@@ -127,26 +126,30 @@ class StreamDecoder:
         self._skipping = False
 
     def feed_into(self, chunk, n: int, on_frame) -> int:
-        """Feed ``chunk[:n]``; call ``on_frame(memoryview_of_frame)`` per complete frame; return how many.
-
-        The memoryview is only valid during the call (the buffer is reused).
+        """Feed ``chunk[:n]`` (bytes or bytearray); call ``on_frame(memoryview_of_frame)`` per complete frame;
+        return how many. The memoryview is only valid during the call (the buffer is reused).
         """
+        if isinstance(chunk, memoryview):
+            chunk = bytes(chunk[:n])
         count = 0
         buf = self._buf
         cap = self.max_encoded
-        for i in range(n):
-            b = chunk[i]
-            if b != 0:
-                if self._skipping:
-                    continue
-                if self._n >= cap:
+        i = 0
+        while i < n:
+            j = chunk.find(b"\x00", i, n)
+            stop = n if j < 0 else j
+            seg = stop - i
+            if seg and not self._skipping:
+                if self._n + seg > cap:
                     self._skipping = True
                     self._error(E_OVERSIZE)
-                    continue
-                buf[self._n] = b
-                self._n += 1
-                continue
-            # delimiter
+                else:
+                    buf[self._n : self._n + seg] = chunk[i:stop]
+                    self._n += seg
+            if j < 0:
+                break
+            i = j + 1
+            # a delimiter ends the block
             if self._skipping:
                 self._skipping = False
                 self._n = 0
@@ -154,7 +157,7 @@ class StreamDecoder:
             if self._n == 0:
                 continue  # idle fill / back-to-back delimiters
             try:
-                m = cobs_decode_into(buf, self._n, self._out)
+                m = cobs_decode_into(self._bmv, self._n, self._out, True)
             except WireError as e:
                 self._error(e.code)
                 self._n = 0

@@ -11,7 +11,6 @@ Layout (big-endian), see docs/protocol.md:
 
 import hashlib
 import struct
-import sys
 
 from cewire import cbor
 from cewire.errors import (
@@ -36,11 +35,10 @@ except ImportError:  # CPython
         return x
 
 
-_hmac_digest = None
-if sys.implementation.name == "cpython":
-    import hmac as _hmac
-
-    _hmac_digest = _hmac.digest
+try:  # CPython: constant-time compare in C; MicroPython compares in the loop below
+    from hmac import compare_digest as _compare
+except ImportError:
+    _compare = None
 
 VERSION = const(1)
 
@@ -112,11 +110,22 @@ class Key:
         pad = key + bytes(64 - len(key))
         self._ipad = bytes(b ^ 0x36 for b in pad)
         self._opad = bytes(b ^ 0x5C for b in pad)
+        # CPython: keep the hash states after the pads and copy them per frame (two compressions saved);
+        # MicroPython's sha256 has no copy(), so it hashes the 64-byte pads each time
+        self._istate = None
+        ih = hashlib.sha256(self._ipad)
+        if hasattr(ih, "copy"):
+            self._istate = ih
+            self._ostate = hashlib.sha256(self._opad)
 
     def digest(self, msg) -> bytes:
         """Full HMAC-SHA256 of ``msg`` (bytes-like) under this key."""
-        if _hmac_digest is not None:
-            return _hmac_digest(self.raw, msg, "sha256")
+        if self._istate is not None:
+            h = self._istate.copy()
+            h.update(msg)
+            o = self._ostate.copy()
+            o.update(h.digest())
+            return o.digest()
         h = hashlib.sha256(self._ipad)
         h.update(msg)
         inner = h.digest()
@@ -265,9 +274,12 @@ def _verify(buf, n: int, keyring, direction: int):
     end = n - MAC_LEN
     mv = memoryview(buf)
     mac = key.digest(mv[:end])
-    diff = 0
-    for i in range(MAC_LEN):
-        diff |= mac[i] ^ buf[end + i]
+    if _compare is not None:
+        diff = not _compare(mac[:MAC_LEN], mv[end:n])
+    else:
+        diff = 0
+        for i in range(MAC_LEN):
+            diff |= mac[i] ^ buf[end + i]
     if diff:
         raise WireError(E_MAC, "node %d seq %d" % (node_id, seq))
     return ftype, flags, key_id, node_id, seq, ts, back, end

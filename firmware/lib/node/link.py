@@ -129,6 +129,7 @@ class Link:
         self._last_rx = self._ticks()
         self.gateway_up = True
         self._running = False
+        self._synced = False  # a 0x00 goes out before the first frame: boot noise cannot glue onto it
         self.stats = {"sent": 0, "retx": 0, "acked": 0, "rx": 0, "rx_bad": 0, "cmds": 0}
 
     @staticmethod
@@ -211,6 +212,9 @@ class Link:
         so a backlog arrives in order.
         """
         n = 0
+        if not self._synced:
+            self._synced = True
+            self.uart.write(b"\x00")
         for ch in (CH_CTRL, CH_BULK):
             self._prune(ch)
             self._refill(ch)

@@ -1,0 +1,137 @@
+"""cewire on the real MicroPython VM: the same vectors as on CPython, a bounded fuzz run, allocation budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil_tests.emulator.runner import FIRMWARE_LIB, MicroPythonSession
+
+VECTORS = Path(__file__).parent / "vectors"
+
+CHECK = r"""
+import json, cewire as w
+from cewire import cbor
+d = json.load(open('/vectors/frames.json'))
+ring = w.Keyring()
+for k in d['keys']:
+    ring.add(k['node'], bytes.fromhex(k['key_hex']), k['key_id'])
+def intkeys(o):
+    if isinstance(o, dict):
+        return {(int(k) if k.lstrip('-').isdigit() else k): intkeys(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [intkeys(v) for v in o]
+    return o
+out = {'valid': {}, 'invalid': {}, 'replay': [], 'cobs': []}
+for v in d['valid']:
+    f = w.decode_frame(bytes.fromhex(v['hex']), ring, v['direction'])
+    again = w.encode_frame(f.ftype, f.node_id, f.seq, f.ts, f.flags, cbor.dumps(f.body),
+                           ring.lookup(f.node_id, f.key_id), back=f.back)
+    out['valid'][v['name']] = [f.ftype, f.node_id, f.seq, f.ts, f.flags, f.key_id, f.back,
+                               f.body == intkeys(v['body']), again.hex() == v['hex']]
+for v in d['invalid']:
+    try:
+        w.decode_frame(bytes.fromhex(v['hex']), ring, v['direction'])
+        out['invalid'][v['name']] = 'accepted'
+    except w.WireError as e:
+        out['invalid'][v['name']] = e.code
+rx = w.Receiver(ring)
+for s in d['replay']:
+    try:
+        f = rx.verify(bytes.fromhex(s['hex']))
+        cum = rx.commit(f)
+        err = 0
+    except w.WireError as e:
+        err = e.code
+        cum = rx.acks(0x42)[0]
+    out['replay'].append([err, cum])
+for c in d['cobs']:
+    raw = bytes.fromhex(c['raw'])
+    out['cobs'].append(w.cobs_encode(raw).hex() == c['enc'] and w.cobs_decode(bytes.fromhex(c['enc'])) == raw)
+print(json.dumps(out))
+"""
+
+FUZZ = r"""
+import random, time, json, cewire as w
+from cewire import cbor
+d = json.load(open('/vectors/frames.json'))
+ring = w.Keyring()
+for k in d['keys']:
+    ring.add(k['node'], bytes.fromhex(k['key_hex']), k['key_id'])
+seeds = [bytes.fromhex(v['hex']) for v in d['valid']]
+dec = w.StreamDecoder()
+other = []
+n = 0
+t0 = time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 1500:
+    if random.getrandbits(1):
+        data = bytes(random.getrandbits(8) for _ in range(random.getrandbits(8)))
+    else:
+        b = bytearray(random.choice(seeds))
+        b[random.getrandbits(8) % len(b)] ^= random.getrandbits(8) | 1
+        data = bytes(b)
+    for fn in (lambda: w.decode_frame(data, ring), lambda: cbor.loads(data), lambda: w.cobs_decode(data)):
+        try:
+            fn()
+        except w.WireError:
+            pass
+        except Exception as e:
+            other.append(repr(e))
+    dec.feed(data)
+    n += 1
+print(json.dumps({'n': n, 'other': other[:5]}))
+"""
+
+ALLOC = r"""
+import gc, cewire as w
+from cewire import payloads as p
+key = w.Key(bytes(range(32)), 0)
+ring = w.Keyring()
+ring.add(7, key)
+enc = w.Encoder(7, key)
+pl = p.data({p.L_LEVEL: 505, p.L_POWER: 423, p.L_VOLTAGE: 2301})
+frame = bytes(enc.frame(w.T_DATA, 1, 1763700000, pl))
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+for i in range(200):
+    enc.stream(w.T_DATA, i + 1, 1763700000, pl)
+b = gc.mem_alloc()
+for i in range(200):
+    w.decode_frame(frame, ring)
+c = gc.mem_alloc()
+gc.enable()
+print((b - a) // 200, (c - b) // 200)
+"""
+
+
+@pytest.fixture(scope="module")
+def mp() -> Any:
+    with MicroPythonSession(mounts={FIRMWARE_LIB: "/lib", VECTORS: "/vectors"}) as session:
+        yield session
+
+
+def test_vectors_on_micropython(mp: MicroPythonSession) -> None:
+    data = json.loads((VECTORS / "frames.json").read_text())
+    got = json.loads(mp.run(CHECK).check().stdout)
+    for v in data["valid"]:
+        assert got["valid"][v["name"]] == [v["type"], v["node"], v["seq"], v["ts"], v["flags"], v["key_id"],
+                                           v["back"], True, True], v["name"]
+    assert got["invalid"] == {v["name"]: v["error"] for v in data["invalid"]}
+    assert got["replay"] == [[s["error"], s["cum"]] for s in data["replay"]]
+    assert got["cobs"] == [True] * len(data["cobs"])
+
+
+def test_fuzz_on_micropython_raises_only_wire_errors(mp: MicroPythonSession) -> None:
+    got = json.loads(mp.run(FUZZ).check().stdout)
+    assert got["other"] == []
+    assert got["n"] > 300
+
+
+def test_encoding_a_frame_allocates_less_than_512_bytes(mp: MicroPythonSession) -> None:
+    enc_alloc, dec_alloc = map(int, mp.run(ALLOC).check().stdout.split())
+    assert 0 < enc_alloc <= 512
+    assert dec_alloc < 2048  # verify+decode builds the body dict and the Frame
