@@ -240,8 +240,10 @@ class Uplink:
         """Publish an orderly death, disconnect and stop."""
         self._closing.set()
         if self._task is not None:
+            # online: let the session publish its orderly death; otherwise there is nothing to wait for
+            wait = timeout if self.state is UplinkState.ONLINE else 0.05
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+                await asyncio.wait_for(asyncio.shield(self._task), wait)
             except TimeoutError:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -487,13 +489,13 @@ class Uplink:
         await client.publish(
             self.topics.events(batch[0].priority), payload, qos=1, properties=self._props(s.format)
         )
-        # PUBACK received: only now may the outbox forget these events
-        await self.outbox.ack(e.id for e in batch)
         st = self.stats
         st.batches += 1
         st.events += len(batch)
         st.bytes += len(payload)
         st.last_publish_ms = now_ms()
+        # PUBACK received: only now may the outbox forget these events
+        await self.outbox.ack(e.id for e in batch)
 
     @staticmethod
     async def _drain(inflight: set[asyncio.Task[None]], timeout: float) -> None:
