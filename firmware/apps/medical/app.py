@@ -6,8 +6,8 @@
 #   acquire    every 100 ms: drain the sensor FIFO into the PPG processor (32-sample FIFO = 320 ms headroom)
 #   second     every 1 s: summary, temperature, battery, alarm conditions, alarm events, vitals record
 #   annunciate every 50 ms: LED/buzzer pattern of the highest active alarm
-#   link       the cewire link (node.link.Link.run)
-#   watchdog   feeds the hardware WDT while the three tasks above keep beating
+#   link       polls the cewire link (node.link.Link) every poll_ms
+#   watchdog   feeds the hardware WDT while the four tasks above keep beating
 import asyncio
 import gc
 import time
@@ -29,6 +29,7 @@ CAPS = ("spo2", "pr", "temp", "battery", "alarms", "iec60601-1-8")
 _S_ACQ = const(0)
 _S_SEC = const(1)
 _S_ANN = const(2)
+_S_LINK = const(3)
 _CONFIRM_MS = const(30_000)
 _TEMP_EVERY = const(5)  # seconds between thermometer reads (and temperature in vitals)
 _BATT_EVERY = const(10)
@@ -366,6 +367,14 @@ async def _second_task(node, wd):
         await asyncio.sleep_ms(d if d > 0 else 0)
 
 
+async def _link_task(node, wd):
+    link = node.link
+    while True:
+        link.poll()
+        wd.beat(_S_LINK)
+        await asyncio.sleep_ms(link.poll_ms)
+
+
 async def _annunciate_task(node, wd):
     while True:
         node.annunciate()
@@ -404,11 +413,14 @@ def build(log=print):
     led = Pin(board.PIN_STATUS_LED, Pin.OUT, value=0)
     buzzer = PWM(Pin(board.PIN_BUZZER), freq=988, duty_u16=0)
     ann = Annunciator(led, buzzer)
-    uart = UART(board.LINK_UART_ID, baudrate=board.LINK_BAUD, tx=board.LINK_TX, rx=board.LINK_RX, timeout=0)
+    link_cfg = prov.get("link") or {}
+    uart = UART(link_cfg.get("uart", board.LINK_UART_ID), baudrate=link_cfg.get("baud", board.LINK_BAUD),
+                tx=board.LINK_TX, rx=board.LINK_RX, timeout=0)
     outbox = Outbox("/outbox", quotas=(settings["outbox_events"], settings["outbox_vitals"]))
     node = MedicalNode(settings, sensor, thermo, battery_mv, ann, None, log=log)
     link = Link(uart, prov["node_id"], (bytes.fromhex(prov["key"]), prov["key_id"]), outbox,
-                on_cmd=node.on_cmd, on_link=node.on_link, lost_ms=settings["link_lost_s"] * 1000)
+                on_cmd=node.on_cmd, on_link=node.on_link, poll_ms=link_cfg.get("poll_ms", 50),
+                lost_ms=link_cfg.get("lost_s", settings["link_lost_s"]) * 1000)
     node.link = link
     try:
         thermo.start()
@@ -426,8 +438,8 @@ def build(log=print):
 async def run():
     """The app: build the node and run its tasks until reset."""
     node = build()
-    wd = supervisor.Watchdog(3)
-    asyncio.create_task(node.link.run())
+    wd = supervisor.Watchdog(4)
+    asyncio.create_task(_link_task(node, wd))
     asyncio.create_task(_acquire_task(node, wd))
     asyncio.create_task(_annunciate_task(node, wd))
     asyncio.create_task(wd.run())
