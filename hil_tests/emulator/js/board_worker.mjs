@@ -340,7 +340,8 @@ const hwApi = {
     const dev = (i2cBuses.get(bus) || new Map()).get(addr);
     if (!dev || !dev.attached) return null;
     dev.tick(clock.now());
-    if (wdata && wdata.length) { if (!dev.i2cWrite(Uint8Array.from(wdata))) return null; }
+    const w = wdata ? Uint8Array.from(wdata) : null; // a Python bytes proxy has no .length
+    if (w && w.length) { if (!dev.i2cWrite(w)) return null; }
     if (nread > 0) return dev.i2cRead(nread);
     return new Uint8Array(0);
   },
