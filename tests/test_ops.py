@@ -16,8 +16,7 @@ from gateway.broker import LocalBroker
 from gateway.events import Event, Priority, StoredEvent
 from gateway.ops.consumer import Consumer
 from gateway.outbox import Outbox
-from gateway.uplink import Uplink, UplinkSettings
-from gateway.uplink import codec
+from gateway.uplink import Uplink, UplinkSettings, codec
 from gateway.uplink.codec import encode_state
 
 TOPIC = "cityedge/s1/gw1/ev/telemetry"
