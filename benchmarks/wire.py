@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import cewire as w
 from cewire import payloads as p
+
 from hil_tests.emulator.runner import FIRMWARE_LIB, run_micropython
 
 NODE = 0x00C0FFEE

@@ -1,3 +1,4 @@
+# ruff: noqa: UP031  (runs on MicroPython too: %-formatting kept on purpose)
 """Scenarios for node.outbox / node.link, run unchanged on CPython and on the MicroPython VM.
 
 No tests here: tests/test_node_link.py runs every scenario_* on both and checks what it returns.
@@ -184,7 +185,7 @@ def scenario_commands_time(root):
     fresh(root)
     calls = []
     times = []
-    states = []
+    states = []  # type: list
 
     def on_cmd(cmd_id, op, args):
         calls.append((cmd_id, op, args.get("level")))
@@ -215,7 +216,7 @@ def scenario_commands_time(root):
     acks = [p.parse_cmd_ack(g[3]) for g in gw.got if g[0] == w.T_CMD_ACK]
     link.data({p.L_LEVEL: 1})
     run(link, gw, clock, 100)
-    data_ts = [g for g in gw.got if g[0] == w.T_DATA]
+    data_ts = [g[2] for g in gw.got if g[0] == w.T_DATA]
     # silence: the gateway stops answering, then comes back
     gw.ack = False
     port.peer.connected = False
@@ -236,6 +237,7 @@ def scenario_commands_time(root):
         "link_states_lost": lost,
         "link_states": states,
         "hello": p.parse_hello(gw.got[0][3]),
+        "data_seqs": data_ts,
     }
 
 
@@ -399,7 +401,8 @@ class _FaultyOS:
 
 
 def _install(on):
-    for m in (obm, ssm):
+    mods = (obm, ssm)  # type: tuple
+    for m in mods:
         if on:
             m.open = _FaultyFile
             m.os = _FaultyOS

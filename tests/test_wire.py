@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 import cewire as w
+import pytest
 from cewire import cbor
 from cewire import payloads as p
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "frames.json").read_text())
 KEY = bytes(range(32))
@@ -238,12 +237,15 @@ def test_fuzz_decoders_for_a_bounded_time() -> None:
                 elif b:
                     del b[rng.randrange(len(b))]
             data = bytes(b)
-        for fn in (lambda: w.decode_frame(data, keys), lambda: cbor.loads(data[18:])):
-            try:
-                fn()
-                accepted += 1
-            except w.WireError:
-                pass
+        try:
+            w.decode_frame(data, keys)
+            accepted += 1
+        except w.WireError:
+            pass
+        try:
+            cbor.loads(data[18:])
+        except w.WireError:
+            pass
         t0 = time.monotonic()
         dec.feed(data)
         assert time.monotonic() - t0 < 0.5

@@ -1,9 +1,10 @@
 """The CBOR subset of the wire protocol (RFC 8949), the same code on MicroPython and CPython.
 
-Maps are encoded deterministically (keys sorted by their encoded bytes). Encodes: int (−2^64 .. 2^64−1), bytes, str, list/tuple, dict, True/False/None, float (as float64; the
-protocol prefers scaled integers). Decodes the same plus float16/float32. Definite lengths only; tags,
-indefinite lengths, simple values other than false/true/null and nesting deeper than MAX_DEPTH are refused
-with WireError(E_PAYLOAD); an item running past the end gives WireError(E_TRUNCATED).
+Encodes: int (−2^64 .. 2^64−1), bytes, str, list/tuple, dict, True/False/None, float (as float64; the
+protocol prefers scaled integers); maps deterministically (keys sorted by their encoded bytes).
+Decodes the same plus float16/float32. Definite lengths only; tags, indefinite lengths, simple values
+other than false/true/null and nesting deeper than MAX_DEPTH are refused with WireError(E_PAYLOAD);
+an item running past the end gives WireError(E_TRUNCATED).
 """
 
 import struct
@@ -65,9 +66,9 @@ def dump_into(out: bytearray, obj, depth: int = 0) -> None:
         _head(out, 5, len(obj))
         keyed = []
         for k, v in obj.items():
-            kb = bytearray()
-            dump_into(kb, k, depth + 1)
-            keyed.append((bytes(kb), v))
+            enc = bytearray()
+            dump_into(enc, k, depth + 1)
+            keyed.append((bytes(enc), v))
         keyed.sort(key=_first)
         for kb, v in keyed:
             out.extend(kb)

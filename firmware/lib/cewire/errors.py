@@ -8,7 +8,7 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x: int) -> int:
+    def const(x: int) -> int:  # type: ignore[misc, no-redef, unused-ignore]
         return x
 
 

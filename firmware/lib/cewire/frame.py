@@ -31,14 +31,17 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x: int) -> int:
+    def const(x: int) -> int:  # type: ignore[misc, no-redef, unused-ignore]
         return x
 
 
+_compare = None
 try:  # CPython: constant-time compare in C; MicroPython compares in the loop below
-    from hmac import compare_digest as _compare
-except ImportError:
-    _compare = None
+    import hmac as _hmac  # type: ignore[import-not-found, unused-ignore]
+
+    _compare = _hmac.compare_digest
+except (ImportError, AttributeError):  # MicroPython's bundled hmac has no compare_digest
+    pass
 
 VERSION = const(1)
 
@@ -112,7 +115,8 @@ class Key:
         self._opad = bytes(b ^ 0x5C for b in pad)
         # CPython: keep the hash states after the pads and copy them per frame (two compressions saved);
         # MicroPython's sha256 has no copy(), so it hashes the 64-byte pads each time
-        self._istate = None
+        self._istate = None  # type: object
+        self._ostate = None  # type: object
         ih = hashlib.sha256(self._ipad)
         if hasattr(ih, "copy"):
             self._istate = ih
@@ -121,9 +125,9 @@ class Key:
     def digest(self, msg) -> bytes:
         """Full HMAC-SHA256 of ``msg`` (bytes-like) under this key."""
         if self._istate is not None:
-            h = self._istate.copy()
+            h = getattr(self._istate, "copy")()  # noqa: B009 (MicroPython's stubs have no copy())
             h.update(msg)
-            o = self._ostate.copy()
+            o = getattr(self._ostate, "copy")()  # noqa: B009
             o.update(h.digest())
             return o.digest()
         h = hashlib.sha256(self._ipad)
@@ -274,10 +278,11 @@ def _verify(buf, n: int, keyring, direction: int):
     end = n - MAC_LEN
     mv = memoryview(buf)
     mac = key.digest(mv[:end])
+    diff = 0
     if _compare is not None:
-        diff = not _compare(mac[:MAC_LEN], mv[end:n])
+        if not _compare(mac[:MAC_LEN], mv[end:n]):
+            diff = 1
     else:
-        diff = 0
         for i in range(MAC_LEN):
             diff |= mac[i] ^ buf[end + i]
     if diff:

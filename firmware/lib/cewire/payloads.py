@@ -12,7 +12,7 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x: int) -> int:
+    def const(x: int) -> int:  # type: ignore[misc, no-redef, unused-ignore]
         return x
 
 
@@ -144,7 +144,7 @@ def _opt(body: dict, label: int, kind, default):
 def hello(role: str, fw: str, boot: int, reset: int, caps=(), board: str = "", safe: bool = False,
           rx: int = 0) -> bytes:
     """HELLO payload: role, firmware version, boot count, reset cause (RESET_*), capabilities, board."""
-    body = {H_ROLE: role, H_FW: fw, H_BOOT: boot, H_RESET: reset, H_CAPS: list(caps)}
+    body = {H_ROLE: role, H_FW: fw, H_BOOT: boot, H_RESET: reset, H_CAPS: list(caps)}  # type: dict
     if board:
         body[H_BOARD] = board
     if safe:
@@ -199,7 +199,7 @@ def parse_data(body, ts: int = 0) -> list:
 def event(code: int, state: int = EV_RAISED, value=None, label: int = 0, limit=None, text: str = "",
           eid: int = 0) -> bytes:
     """EVENT payload: event code (EVENT_CODES), state (EV_*), optional value/limit (scaled as ``label``)."""
-    body = {E_CODE: code, E_STATE: state}
+    body = {E_CODE: code, E_STATE: state}  # type: dict
     if value is not None:
         body[E_VALUE] = value
     if label:
@@ -243,7 +243,7 @@ def parse_ack(body) -> dict:
 
 def cmd(cmd_id: int, op: str, args=None, exp: int = 0) -> bytes:
     """CMD payload: gateway-assigned id, operation name, argument map, optional expiry (Unix s)."""
-    body = {C_ID: cmd_id, C_OP: op}
+    body = {C_ID: cmd_id, C_OP: op}  # type: dict
     if args:
         body[C_ARGS] = args
     if exp:
@@ -263,7 +263,7 @@ def parse_cmd(body) -> tuple:
 
 def cmd_ack(cmd_id: int, status: int = CS_OK, text: str = "") -> bytes:
     """CMD_ACK payload: the command's id, a status (CS_*), an optional short reason."""
-    body = {A_ID: cmd_id, A_STATUS: status}
+    body = {A_ID: cmd_id, A_STATUS: status}  # type: dict
     if text:
         body[A_TEXT] = text
     return cbor.dumps(body)

@@ -121,7 +121,8 @@ class Receiver:
             # an authentic duplicate: its base may still close a gap (see ReplayWindow.advance)
             self._skip(frame.node_id, w.advance(frame.base))
             self._count("replay")
-            raise WireError(E_REPLAY, "node %d ch %d seq %d (cum %d)" % (frame.node_id, frame.channel, frame.seq, w.cum))
+            raise WireError(
+                E_REPLAY, "node %d ch %d seq %d (cum %d)" % (frame.node_id, frame.channel, frame.seq, w.cum))
         return frame
 
     def _skip(self, node_id: int, n: int) -> None:

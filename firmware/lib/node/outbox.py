@@ -24,7 +24,7 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x: int) -> int:
+    def const(x: int) -> int:  # type: ignore[misc, no-redef, unused-ignore]
         return x
 
 
@@ -233,7 +233,7 @@ class Outbox:
     def read(self, ch: int, after: int, n: int) -> list:
         """Up to ``n`` pending records of ``ch`` with seq > ``after``, oldest first, as
         ``(seq, type, prio, ts, payload)``."""
-        out = []
+        out = []  # type: list
         floor = after if after > self.acked[ch] else self.acked[ch]
         for s in self.segs[ch]:
             if len(out) >= n:
