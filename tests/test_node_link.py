@@ -19,7 +19,7 @@ import pytest
 from hil_tests.emulator.runner import FIRMWARE_LIB, MicroPythonSession
 
 SCENARIOS = Path(__file__).with_name("test_node_link_scenarios.py")
-NAMES = ["alarm_overtakes", "lossy", "commands_time", "reboot", "bounds", "power_cuts"]
+NAMES = ["alarm_overtakes", "lossy", "commands_time", "cmd_across_reboot", "reboot", "bounds", "power_cuts"]
 
 
 def _jsonish(obj: Any) -> Any:
@@ -87,13 +87,23 @@ def test_commands_time_and_gateway_supervision(results: dict[str, Any]) -> None:
     assert r["ts_before"] == 0  # no clock before TIME: records carry ts 0 ("unknown")
     assert r["now_after"] == 1763700001  # TIME at t, +1 s of (virtual) ticks, with 500 ms carried
     assert r["times"][0] == [1763700000, 500, 60]
-    # the retransmitted CMD 11 ran once; the forged CMD 15 never ran
+    # CMD 11 ran once (a replay of its frame and a retransmission under a new seq were both refused);
+    # the forged CMD 15 never ran
     assert r["calls"] == [[11, "dim", 300], [12, "fly", None], [13, "boom", None]]
     assert r["acks"] == [[11, 0, ""], [12, 2, "fly"], [13, 3, "RuntimeError"], [14, 4, "expired"]]
-    assert r["rx_bad"] == 2  # the duplicate CMD (replay) and the forged one (MAC)
+    assert r["rx_bad"] == 2  # the replayed CMD frame (replay) and the forged one (MAC)
+    assert r["cmd_dups"] == 1
     assert r["rx_persisted"] >= 5  # commands persist the gateway's seq at once
     assert r["link_states_lost"] == [False] and r["link_states"] == [False, True]
     assert r["hello"]["role"] == "streetlight" and r["hello"]["reset"] == 3
+
+
+def test_command_runs_once_across_a_reboot(results: dict[str, Any]) -> None:
+    r = results["cmd_across_reboot"]
+    assert r["calls"] == [21]  # the retransmission after the reboot was recognised by its id
+    assert r["dups"] == 1
+    assert r["cmd_acks"] == [[21, 0, ""]]  # the CMD_ACK queued before the reboot was delivered once
+    assert r["backlog"] == [0, 0]
 
 
 def test_reboot_with_backlog_loses_nothing_and_reuses_no_number(results: dict[str, Any]) -> None:

@@ -205,7 +205,8 @@ def scenario_commands_time(root):
     now_after = link.now()
     s1 = gw.send(w.T_CMD, p.cmd(11, "dim", {"level": 300}))
     run(link, gw, clock, 100)
-    gw.send(w.T_CMD, p.cmd(11, "dim", {"level": 300}), seq=s1)  # the gateway retransmits: not run twice
+    gw.send(w.T_CMD, p.cmd(11, "dim", {"level": 300}), seq=s1)  # the same frame again: a replay, refused
+    gw.send(w.T_CMD, p.cmd(11, "dim", {"level": 300}))  # a retransmission (new seq, same id): not run twice
     gw.send(w.T_CMD, p.cmd(12, "fly"))
     gw.send(w.T_CMD, p.cmd(13, "boom"))
     gw.send(w.T_CMD, p.cmd(14, "dim", {"level": 1}, exp=1763700000 - 5))  # expired by the node's clock
@@ -233,11 +234,42 @@ def scenario_commands_time(root):
         "calls": calls,
         "acks": acks,
         "rx_bad": link.stats["rx_bad"],
+        "cmd_dups": link.stats["cmd_dups"],
         "rx_persisted": link.outbox.seq.rx,
         "link_states_lost": lost,
         "link_states": states,
         "hello": p.parse_hello(gw.got[0][3]),
         "data_seqs": data_ts,
+    }
+
+
+def scenario_cmd_across_reboot(root):
+    """A command runs, its CMD_ACK is not through yet, the node reboots, the gateway retransmits: runs once."""
+    fresh(root)
+    calls = []
+
+    def on_cmd(cmd_id, op, args):
+        calls.append(cmd_id)
+        return p.CS_OK
+
+    link, gw, clock, port = make(root, on_cmd=on_cmd)
+    link.hello("streetlight", "1.0", 1, 1)
+    run(link, gw, clock, 100)
+    port.connected = False  # the node's answers are lost from now on
+    gw.send(w.T_CMD, p.cmd(21, "dim", {"level": 100}))
+    run(link, gw, clock, 100)
+    ob = Outbox(root, quotas=(64, 128), seg_records=8)
+    node_port, _ = pair()
+    node_port.peer = port.peer
+    port.peer.peer = node_port
+    link2 = Link(node_port, NODE, (KEY, 0), ob, on_cmd=on_cmd, ticks=clock, rto_ms=50, rto_max_ms=400)
+    gw.send(w.T_CMD, p.cmd(21, "dim", {"level": 100}))  # retransmission, new seq
+    run(link2, gw, clock, 2000)
+    return {
+        "calls": calls,
+        "cmd_acks": [p.parse_cmd_ack(g[3]) for g in gw.got if g[0] == w.T_CMD_ACK],
+        "dups": link2.stats["cmd_dups"],
+        "backlog": list(link2.backlog()),
     }
 
 

@@ -43,7 +43,7 @@ except ImportError:  # CPython: the same API on the monotonic clock
         return a + b
 
 
-from cewire import payloads
+from cewire import cbor, payloads
 from cewire.cobs import StreamDecoder
 from cewire.encoder import Encoder
 from cewire.errors import WireError
@@ -74,6 +74,7 @@ except ImportError:  # CPython
         return x
 
 
+_CMD_MEMORY = const(16)  # executed command ids remembered for duplicate suppression
 _SPAN = const(32)  # only records with seq < base + _SPAN are sent (half the receiver's 64-entry window)
 # in-flight entry fields
 _SEQ = const(0)
@@ -120,7 +121,17 @@ class Link:
         self._enc = Encoder(node_id, self.key)
         self._dec = StreamDecoder(MAX_FRAME)
         self._rbuf = bytearray(64)
-        self._rx = ReplayWindow(top=outbox.seq.rx)
+        # gateway frames at or below the last persisted gateway seq are replays, also after a reboot
+        self._rx = ReplayWindow(outbox.seq.rx, 0, outbox.seq.rx)
+        # ids of commands already executed: a CMD is retransmitted as a new frame (new seq, same id) and must
+        # run once. Seeded from the CMD_ACKs still in the outbox, so this holds across a reboot too.
+        self._cmd_ids = []  # type: list
+        for rec in outbox.read(CH_CTRL, 0, outbox.quotas[0]):
+            if rec[1] == T_CMD_ACK:
+                try:
+                    self._remember_cmd(payloads.parse_cmd_ack(cbor.loads(rec[4]))[0])
+                except WireError:
+                    pass
         self._inflight = [[], []]  # type: list
         self._loaded = [outbox.acked[0], outbox.acked[1]]
         self._rto = [rto_ms, rto_ms]
@@ -132,7 +143,7 @@ class Link:
         self.gateway_up = True
         self._running = False
         self._synced = False  # a 0x00 goes out before the first frame: boot noise cannot glue onto it
-        self.stats = {"sent": 0, "retx": 0, "acked": 0, "rx": 0, "rx_bad": 0, "cmds": 0}
+        self.stats = {"sent": 0, "retx": 0, "acked": 0, "rx": 0, "rx_bad": 0, "cmds": 0, "cmd_dups": 0}
 
     @staticmethod
     def _newest_key(ring):
@@ -296,8 +307,18 @@ class Link:
                 # restart the timer for what is still in flight
                 self._due[ch] = ticks_add(self._ticks(), self._jitter(self.rto_min)) if self._inflight[ch] else None
 
+    def _remember_cmd(self, cmd_id: int) -> None:
+        ids = self._cmd_ids
+        ids.append(cmd_id)
+        if len(ids) > _CMD_MEMORY:
+            ids.pop(0)
+
     def _on_cmd(self, body) -> None:
         cmd_id, op, args, exp = payloads.parse_cmd(body)
+        if cmd_id in self._cmd_ids:
+            self.stats["cmd_dups"] += 1  # a retransmission: its CMD_ACK is queued or already delivered
+            return
+        self._remember_cmd(cmd_id)
         self.stats["cmds"] += 1
         now = self.now()
         if exp and now and now > exp:
