@@ -7,8 +7,9 @@ gateway has written L (atomic rename + fsync), and after a restart it starts at 
 small write per ``BLOCK`` frames; a restart skips at most ``BLOCK`` numbers. A node's HELLO reports the
 highest gateway seq it accepted (``rx``), and the counter jumps above it (a replaced gateway).
 
-A CMD is retransmitted with the *same* seq and bytes (§7.5), so encoded CMD frames are kept per
-(node, token) until the command ends.
+A CMD is retransmitted as a *new* frame each attempt (fresh seq, same token and content, §7.5): an old
+seq would soon fall below the node's replay window, since one counter serves every node. The node runs a
+command id once. The CBOR payload is kept per (node, token) until the command ends.
 """
 
 from __future__ import annotations
@@ -137,22 +138,22 @@ class Downlink:
         return ok
 
     async def send_command(self, request: CommandRequest, token: int) -> None:
-        """The CommandRouter's sender: the same CMD frame (same seq) for every attempt of a token."""
+        """The CommandRouter's sender: the same command (token, content) in a freshly signed frame per attempt."""
         st = self.tracker.get(request.node_id)
         if st is None or st.link is None:
             raise LookupError(f"node {request.node_id} has not been heard on any link yet")
         key = (request.node_id, token)
-        data = self._cmd_frames.get(key)
-        if data is None:
-            exp = int(request.issued_at + request.timeout_s) + 1
-            try:
+        payload = self._cmd_frames.get(key)
+        try:
+            if payload is None:
+                exp = int(request.issued_at + request.timeout_s) + 1
                 payload = payloads.cmd(token, request.name, dict(request.args) or None, exp)
-                data = self._encode(T_CMD, request.node_id, payload)
-            except WireError as exc:  # too large, or arguments CBOR cannot carry
-                raise ValueError(f"command cannot be encoded: {exc}") from exc
-            self._cmd_frames[key] = data
-            if len(self._cmd_frames) > 4096:  # bounded even if commands never end
-                self._cmd_frames.pop(next(iter(self._cmd_frames)))
+                self._cmd_frames[key] = payload
+                if len(self._cmd_frames) > 4096:  # bounded even if commands never end
+                    self._cmd_frames.pop(next(iter(self._cmd_frames)))
+            data = self._encode(T_CMD, request.node_id, payload)
+        except WireError as exc:  # too large, or arguments CBOR cannot carry
+            raise ValueError(f"command cannot be encoded: {exc}") from exc
         if not st.link.send(data):
             raise LookupError(f"link {st.link.name} to node {request.node_id} is down")
         self.sent["cmd"] += 1
