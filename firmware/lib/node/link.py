@@ -126,12 +126,18 @@ class Link:
         # ids of commands already executed: a CMD is retransmitted as a new frame (new seq, same id) and must
         # run once. Seeded from the CMD_ACKs still in the outbox, so this holds across a reboot too.
         self._cmd_ids = []  # type: list
-        for rec in outbox.read(CH_CTRL, 0, outbox.quotas[0]):
-            if rec[1] == T_CMD_ACK:
-                try:
-                    self._remember_cmd(payloads.parse_cmd_ack(cbor.loads(rec[4]))[0])
-                except WireError:
-                    pass
+        after = 0
+        while True:  # in small batches: the event backlog may be large, the heap is not
+            recs = outbox.read(CH_CTRL, after, 8)
+            if not recs:
+                break
+            for rec in recs:
+                if rec[1] == T_CMD_ACK:
+                    try:
+                        self._remember_cmd(payloads.parse_cmd_ack(cbor.loads(rec[4]))[0])
+                    except WireError:
+                        pass
+            after = recs[-1][0]
         self._inflight = [[], []]  # type: list
         self._loaded = [outbox.acked[0], outbox.acked[1]]
         self._rto = [rto_ms, rto_ms]
