@@ -69,7 +69,8 @@ class PpgProcessor:
         self.n = 0  # samples seen
         self.lost = 0  # samples lost (reported by the driver) since the last summary
         self.fault = False
-        self.probe_off = True
+        self.probe_off = True  # not tracking a finger (acquiring, or probe off)
+        self._off_seen = False  # probe off detected (as opposed to still acquiring after start)
         self._bad = 0
         self._good = 0
         self._acquired_n = 0
@@ -85,6 +86,8 @@ class PpgProcessor:
         self._peak = 0  # peak slope of the current upstroke
         self._rej = 0  # consecutive rejected beats
         self._rej_total = 0  # rejected beats since the last summary (motion indicator)
+        self._split = False  # the beat being closed absorbed a too-short upstroke
+        self._short_run = 0  # consecutive accepted beats that needed that
         self._last_ok_n = self.n  # sample index of the last accepted beat
         self._last_edge_n = self.n
         self._nz = 0  # noise estimate: mean |2nd difference| x16
@@ -119,6 +122,7 @@ class PpgProcessor:
         self._x1 = self._x2 = ir
         self._reset_beats()
         self.probe_off = False
+        self._off_seen = False
         self._acquired_n = self.n
 
     # -- per sample ------------------------------------------------------------------------------------
@@ -129,8 +133,9 @@ class PpgProcessor:
         if ir < self.off_level or ir >= self.sat_level:
             self._good = 0
             self._bad += 1
-            if self._bad >= self._off_samples and not self.probe_off:
+            if self._bad >= self._off_samples:
                 self.probe_off = True
+                self._off_seen = True
             return
         self._bad = 0
         if self.probe_off:
@@ -248,6 +253,7 @@ class PpgProcessor:
             self._rej_total += 1
             if iv < hi and self._rej < _REJECT_RESET and self._nb >= _MIN_BEATS:
                 # an artefact inside a beat: keep timing and sums from the last good upstroke
+                self._split = True
                 return
             self._tb = t
             self._clear_sums()
@@ -259,6 +265,19 @@ class PpgProcessor:
             return
         self._rej = 0
         self._tb = t
+        if self._split:
+            # accepted only by absorbing an extra upstroke: once that keeps happening, the rate really went
+            # up (e.g. doubled) and the median is stale: learn the rhythm again from this upstroke
+            self._split = False
+            self._short_run += 1
+            if self._short_run >= 3:
+                self._short_run = 0
+                self._nb = 0
+                self._wi = 0
+                self._clear_sums()
+                return
+        else:
+            self._short_run = 0
         dcr = self._dcr >> self._K
         dci = self._dci >> self._K
         # ratio of ratios (Q10) from the regression of the red slope on the IR slope over the beat;
@@ -327,7 +346,9 @@ class PpgProcessor:
             return -1, -1, -1, 0, status | ST_SENSOR_FAULT | _NONE
         if self.probe_off:
             self._rej_total = 0
-            return -1, -1, -1, 0, status | ST_PROBE_OFF | _NONE
+            if self._off_seen:
+                status |= ST_PROBE_OFF
+            return -1, -1, -1, 0, status | _NONE
         rej = self._rej_total
         self._rej_total = 0
         nb = self._nb
