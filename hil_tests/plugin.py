@@ -107,10 +107,9 @@ class Repl:
         """Run ``code`` on the board; return what it printed. A board exception raises ``AssertionError``."""
         from mpremote.transport import TransportExecError
 
-        try:
-            out = self._t.exec(code, timeout=timeout)
-        except TransportExecError as exc:
-            raise AssertionError(f"board raised:\n{exc.error_output}") from None
+        out, err = self._t.exec_raw(code, timeout=timeout)
+        if err:
+            raise TransportExecError(out, err.decode("utf-8", "replace"))
         return bytes(out).decode("utf-8", "replace").replace("\r\n", "\n")
 
     def eval(self, expr: str, timeout: float = 10.0) -> Any:

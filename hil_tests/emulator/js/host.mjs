@@ -203,7 +203,11 @@ class Board {
     const w = this.worker;
     this.worker = null;
     if (w) w.terminate();
-    for (const [id, op] of this.pending) send({ id, ok: false, error: `board ${this.id} reset while answering ${op}` });
+    for (const [id, op] of this.pending) {
+      // a board that resets during advance() restarts at the granted time: the advance is complete
+      if (op === 'advance') send({ id, ok: true, result: { now_ms: this.horizon[0], reset: true } });
+      else send({ id, ok: false, error: `board ${this.id} reset while answering ${op}` });
+    }
     this.pending.clear();
   }
 
