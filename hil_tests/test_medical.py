@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import cewire
 import pytest
@@ -59,7 +60,7 @@ def _event_ts(gw: MedicalGateway, index: int) -> int:
     return gw.records[index].ts
 
 
-def _until(board: EmulatedBoard, gw: MedicalGateway, pred, limit_s: int):  # type: ignore[no-untyped-def]
+def _until(board: EmulatedBoard, gw: MedicalGateway, pred: Callable[[], list[Any]], limit_s: int) -> list[Any]:
     """Advance 1 s at a time until ``pred()`` is truthy; return its value (fails after ``limit_s``)."""
     for _ in range(limit_s):
         run(board, gw, 1, step=1)
@@ -285,3 +286,38 @@ def test_gateway_outage_alarms_sound_locally_and_arrive_later(tmp_path: Path) ->
     finally:
         gw.close()
         board.close()
+
+
+def test_accuracy_sweep_on_the_board(tmp_path: Path) -> None:
+    board, gw = _start(tmp_path, settle_s=5)
+    try:
+        sq = []
+        for hr, spo2 in ((40, 99), (100, 85), (160, 78), (200, 70)):
+            board.hw.set("max30102", hr_bpm=hr, spo2=spo2)
+            run(board, gw, 25, step=1)
+            recent = [v for v in vitals(gw) if v.t >= board.now() - 8]
+            assert len(recent) >= 7
+            for v in recent:
+                assert v.hr is not None and v.spo2 is not None, v
+                assert abs(v.hr - hr) <= 3, (hr, v)
+                sq.append((v.spo2 - spo2) ** 2)
+        assert (sum(sq) / len(sq)) ** 0.5 <= 3.0
+        assert board.hw.device("max30102")["samples_lost"] == 0
+    finally:
+        gw.close()
+        board.close()
+
+
+def test_safe_mode_after_repeated_boot_failures(tmp_path: Path) -> None:
+    board = medical_board(tmp_path)
+    for app in (tmp_path / "flash").glob("app_*/lib/medical/app.py"):
+        app.write_text("raise RuntimeError('a broken build')\n")
+    with board:
+        board.wait_for_output("SAFE MODE", timeout=30)
+        t0 = board.now() * 1000
+        board.advance(20)
+        log = board.serial_log
+        assert "medical safe mode" in log and log.rstrip().endswith(">>>"), "the REPL is free for a fixed app"
+        pulses = tones(board, t0)
+        assert pulses and {hz for _, hz in pulses} == {MEDIUM_HZ}, "technical alarm, medium priority"
+        assert len(led_edges(board, t0)) >= 18, "LED flashing at 0.5 Hz"
