@@ -66,7 +66,7 @@ def session() -> Iterator[MicroPythonSession]:
 @pytest.fixture
 def board(session: MicroPythonSession) -> Board:
     assert session.run(WIPE).ok
-    return Board(VmRepl(session))  # type: ignore[arg-type]
+    return Board(VmRepl(session))
 
 
 def _image(board: Board, role: str = "streetlight") -> Image:

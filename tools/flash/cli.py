@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from cityedge.errors import CityedgeError
 from cityedge.firmware_files import DEFAULT_BOARD, MAX_TRIES, ROLES, UnknownRoleError
 from cityedge.manifest import LINK_KINDS
+from cityedge.paths import FIRMWARE
 from tools.flash import ledger
 from tools.flash.board import Board
 from tools.flash.errors import EXIT_BATCH, EXIT_CODES, EXIT_NO_BOARD, FlashError
@@ -67,6 +68,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--no-selftest", action="store_true", help="skip the role's self-test")
     d.add_argument("--boot-timeout", type=float, default=20.0, help="seconds to wait for the node to come up")
     d.add_argument("--source", action="store_true", help="deploy .py sources instead of compiled .mpy")
+    d.add_argument("--tree", type=Path, default=FIRMWARE, help="firmware tree to deploy (default: the project's)")
     d.add_argument("--board", default=DEFAULT_BOARD, help="pin map (firmware/boards/<board>.py)")
     d.add_argument("--max-tries", type=int, default=MAX_TRIES, help="failed boots before the node rolls back")
     d.add_argument("--firmware", type=Path, help="flash this MicroPython image first (.bin: esptool, .uf2: RP2040)")
@@ -200,7 +202,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             reprovision=args.reprovision, link_port=args.link[i] if i < len(args.link) else None,
             verify=not args.no_verify, selftest=not args.no_selftest, boot_timeout=args.boot_timeout,
             source=args.source, board=args.board, max_tries=args.max_tries, firmware=args.firmware,
-            erase=args.erase, chip=args.chip,
+            erase=args.erase, chip=args.chip, tree=args.tree,
         ))
     bars = ProgressBoard([j.port for j in jobs], sys.stderr, enabled=not args.json)
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:

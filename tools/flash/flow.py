@@ -16,6 +16,7 @@ from typing import Any
 from cityedge.errors import CityedgeError, ConfigError
 from cityedge.firmware_files import DEFAULT_BOARD, MAX_TRIES
 from cityedge.manifest import NodeRecord, load_manifest, provision
+from cityedge.paths import FIRMWARE
 from tools.flash import firmware as fw
 from tools.flash import ledger
 from tools.flash.board import Board
@@ -55,6 +56,7 @@ class Job:
     chip: str | None = None
     usb_serial: str | None = None
     baudrate: int = 115200
+    tree: Path = FIRMWARE  # the firmware tree to deploy (boot files, lib/, apps/, boards/)
 
 
 def _provision_decision(job: Job, node_on_board: dict[str, Any] | None) -> tuple[bool, str]:
@@ -106,7 +108,7 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
             info = board.probe(probe_roots())
             rec.update(chip_id=info.uid, board=info.machine, micropython=info.micropython, mpy=info.mpy)
             say("compile", 0.05)
-            image = build_image(job.role, info, board=job.board, source=job.source)
+            image = build_image(job.role, info, board=job.board, source=job.source, firmware=job.tree)
             wire0 = repl.tx_bytes + repl.rx_bytes
             dep = deploy(board, info, image, max_tries=job.max_tries,
                          progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
@@ -138,7 +140,7 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
                 say("self-test", 0.9)
                 selftest = confirm_and_selftest(board, repl, job.role, run_selftest=job.selftest)
                 rec["verify"] = {**watched.as_dict(), "selftest": selftest}
-                repl.soft_reset_run()  # leave the node running its app
+                repl.hard_reset_run()  # leave the node running its app, as after power-on
             rec["result"] = "ok"
     except CityedgeError as exc:
         rec["error"] = exc.message

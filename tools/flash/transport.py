@@ -148,7 +148,7 @@ class RawRepl:
             self.drain(0.05 + 0.1 * attempt)
             self._write(b"\r\x01")
             try:
-                self.read_until(RAW_PROMPT, timeout=1.0 + attempt)
+                self.read_until(RAW_PROMPT, timeout=1.0 + attempt)  # a board may still be booting
                 self.in_raw = True
                 return
             except TimeoutError:
@@ -266,9 +266,46 @@ class RawRepl:
         self._buf.clear()
         self._write(b"\x04")
 
+    def hard_reset_run(self) -> None:
+        """Reset the board as at power-on (``machine.reset()``); boot.py and main.py run.
+
+        Used rather than a soft reset so that nothing of the interrupted app survives into the boot being
+        verified. A board with native USB drops off the bus while it resets: :meth:`read_console` then
+        reopens the port when it is back.
+        """
+        if not self.in_raw:
+            self.enter_raw()
+        self._write(b"import machine\nmachine.reset()\x04")  # plain raw mode: no answer is awaited
+        self.in_raw = False
+        time.sleep(0.05)
+        self._buf.clear()
+
+    def reopen(self, wait: float = 10.0) -> None:
+        """Close and open the port again, waiting up to ``wait`` s for it to come back (USB re-enumeration)."""
+        if self._ser is not None:
+            try:
+                self._ser.close()
+            except (OSError, serial.SerialException):
+                pass
+            self._ser = None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._ser = open_port(self.port, self.baudrate)
+                return
+            except FlashError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def read_console(self, wait: float) -> bytes:
-        """What the board prints within ``wait`` seconds (boot messages, logs)."""
-        self._fill(wait)
+        """What the board prints within ``wait`` seconds (boot messages, logs); survives a USB re-enumeration."""
+        try:
+            self._fill(wait)
+        except FlashError as exc:
+            if exc.exit_code != EXIT_PORT_GONE:
+                raise
+            self.reopen()
         out = bytes(self._buf)
         self._buf.clear()
         return out

@@ -83,7 +83,7 @@ def watch_boot(repl: RawRepl, target: str, *, record: NodeRecord | None, link: s
     try:
         if listener:
             listener.ser.reset_input_buffer()
-        repl.soft_reset_run()
+        repl.hard_reset_run()
         deadline = time.monotonic() + timeout
         seen_at: float | None = None
         text = ""
