@@ -205,9 +205,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             erase=args.erase, chip=args.chip, tree=args.tree,
         ))
     bars = ProgressBoard([j.port for j in jobs], sys.stderr, enabled=not args.json)
+
+    def one(job: Job) -> dict[str, Any]:
+        return run_job(job, progress=lambda step, frac: bars.update(job.port, step, frac))
+
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        results = list(pool.map(
-            lambda job: run_job(job, progress=lambda step, frac, p=job.port: bars.update(p, step, frac)), jobs))
+        results = list(pool.map(one, jobs))
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=1, default=str))
     elif len(results) > 1:
