@@ -13,7 +13,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,12 +96,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("flash")
 
 
-@pytest.fixture(scope="module")
-def board(work: Path) -> Iterator[EmulatedBoard]:
-    (work / "flash").mkdir()
-    with EmulatedBoard(work / "flash", role=None) as b:  # an empty MicroPython board, as from the factory
-        b.wait_for_output(">>> ", timeout=15)
-        yield b
+# the bench plugin's board (hil_tests/plugin.py): emulated, or the real one given with --board-port
+pytestmark = pytest.mark.board(role="bare")
+
+
+def emulated(b: object) -> bool:
+    return isinstance(b, EmulatedBoard)
 
 
 def job(work: Path, b: EmulatedBoard, firmware: Path, **kw: object) -> Job:
@@ -120,19 +119,22 @@ def test_deploy_provision_hello_selftest_then_unchanged(work: Path, board: Emula
     fw_a = app(work, "A")
     r = run(job(work, board, fw_a, link_port=board.link_port))
     assert r["result"] == "ok", r
-    assert r["app"]["slot"] == "a" and r["app"]["sent"] > 10 and r["provisioning"] == "provisioned"
+    assert r["app"]["sent"] > 10 and r["provisioning"] == "provisioned"
     # the HELLO came over the link, signed with the key just provisioned (verified with cewire on CPython)
-    assert r["verify"]["how"] == "hello on link" and r["verify"]["hello"]["node_id"] == 1001
-    assert r["verify"]["hello"]["v"] == "A"
+    if board.link_port:
+        assert r["verify"]["how"] == "hello on link" and r["verify"]["hello"]["node_id"] == 1001
+        assert r["verify"]["hello"]["v"] == "A"
     assert r["verify"]["selftest"]["lamp_100"] is True
     rec = load_manifest(work / "nodes.json").get(1001)
     assert rec is not None and rec.key_id == 1 and rec.chip_id == r["chip_id"]
     entry = ledger.read(work / "ledger.jsonl")[-1]
     assert entry["result"] == "ok" and entry["chip_id"] == r["chip_id"] and entry["micropython"] == "1.27.0"
-    assert entry["app"]["version"] == r["app"]["version"] and "/app_a/lib/medical/__init__.mpy" in entry["hashes"]
+    assert entry["app"]["version"] == r["app"]["version"]
+    assert f"/app_{r['app']['slot']}/lib/medical/__init__.mpy" in entry["hashes"]
     assert rec.key.hex() not in (work / "ledger.jsonl").read_text()  # never a key in the ledger
-    assert rec.key.hex() not in board.serial_log  # nor on the console
-    board.wait_for_output("APP-RUNNING A", timeout=10)  # left running its app
+    if emulated(board):
+        assert rec.key.hex() not in board.serial_log  # nor on the console
+        board.wait_for_output("APP-RUNNING A", timeout=10)  # left running its app
 
     again = run(job(work, board, fw_a, verify=False))
     assert again["result"] == "ok" and again["app"]["unchanged"] is True and again["app"]["sent"] == 0
@@ -146,7 +148,8 @@ def test_reprovision_rotates_key(work: Path, board: EmulatedBoard) -> None:
     assert r["result"] == "ok" and r["key_id"] == 2, r
     new = load_manifest(work / "nodes.json").get(1001)
     assert old is not None and new is not None and new.key != old.key and new.retired_key_ids == (1,)
-    assert r["verify"]["hello"]["key_id"] == 2  # the node signs with the new key at once
+    if board.link_port:
+        assert r["verify"]["hello"]["key_id"] == 2  # the node signs with the new key at once
 
 
 def test_failed_selftest_is_reported(work: Path, board: EmulatedBoard) -> None:
@@ -159,7 +162,8 @@ def test_rollback_after_failed_boot(work: Path, board: EmulatedBoard) -> None:
     broken = make_firmware(work / "broken", BROKEN)
     r = run(job(work, board, broken, boot_timeout=20))
     assert r["result"] == "failed" and r["exit_code"] == EXIT_BOOT and "rolled back" in r["error"], r
-    board.wait_for_output("APP-RUNNING B", timeout=10)  # the previous app runs again
+    if emulated(board):
+        board.wait_for_output("APP-RUNNING B", timeout=10)  # the previous app runs again
     with RawRepl(board.repl_port) as repl:
         repl.enter_raw()
         st = Board(repl).probe().state
@@ -249,7 +253,7 @@ def test_power_cut_at_many_points_of_a_deploy(work: Path, board: EmulatedBoard) 
     cur = "Q"
     # spread over the transfer; then around the last program (renames, the slot's app.json, the switch):
     # while it arrives, the moment it is complete, a little later, and after the tool finished
-    cuts: list[dict] = [{"cut_after": int(total * f)} for f in (0.03, 0.25, 0.5, 0.75, 0.95)]
+    cuts: list[dict] = [{"cut_after": int(total * f)} for f in (0.03, 0.35, 0.7)]
     cuts += [{"cut_after": total - 40}, {"cut_at_end": programs, "delay": 0.0},
              {"cut_at_end": programs, "delay": 0.004}, {}]
     seen = []
@@ -270,6 +274,7 @@ def test_power_cut_at_many_points_of_a_deploy(work: Path, board: EmulatedBoard) 
     assert seen[0] is False and seen[-1] is True, seen  # cuts before the switch keep the old app, after it the new
 
 
+@pytest.mark.emulator_only
 def test_batch_of_ten_boards_through_the_cli(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cityedge.cli import main
 
