@@ -17,6 +17,16 @@ const realDateNow = Date.now;
 const realSetImmediate = globalThis.setImmediate;
 
 const cfg = workerData;
+// The host compiled micropython.wasm once for all its boards: instantiate that module instead of compiling
+// the bytes again at every boot and soft reset.
+if (cfg.wasmModule) {
+  const instantiate = WebAssembly.instantiate;
+  WebAssembly.instantiate = async (source, imports) => {
+    if (source instanceof WebAssembly.Module) return instantiate(source, imports);
+    const instance = await instantiate(cfg.wasmModule, imports);
+    return { module: cfg.wasmModule, instance };
+  };
+}
 const { loadMicroPython } = await import(cfg.micropython);
 // device models other areas add (js/devices/<chip>.mjs call registerDevice when imported)
 const pluginDir = path.join(here, 'devices');
@@ -293,7 +303,8 @@ const hwApi = {
   virtual_time: !!cfg.virtualTime,
   pins_json: JSON.stringify(cfg.pins || {}),
   set_callback(fn) { pyEvent = fn; },
-  now_ms() { return clock.now(); },
+  // JS integers cross into MicroPython as 32-bit: large values travel as decimal strings
+  now_ms() { return String(Math.floor(clock.now())); },
   // sleep that costs no CPU; returns 1 if Ctrl-C arrived (the caller raises KeyboardInterrupt)
   sleep_ms(ms) {
     flushOut();
@@ -366,14 +377,20 @@ const hwApi = {
   wdt_feed() { wdtFeed(); },
   reset() { hardReset('hard'); },
   deepsleep(ms) { hardReset('deepsleep', { sleep_ms: Number(ms) }); },
-  rtc_offset_ms: 0,
-  set_rtc_offset(ms) { hwApi.rtc_offset_ms = ms; rtcOffsetMs = ms; },
-  get_rtc_offset() { return rtcOffsetMs; },
+  set_rtc_offset(ms) { rtcOffsetMs = Number(ms); },
+  get_rtc_offset() { return String(rtcOffsetMs); },
 };
 let rtcOffsetMs = cfg.rtcOffsetMs || 0; // RTC survives soft reset (and hard reset: the host keeps it)
 const timers = new Map();
 
 // ---- the VM and the REPL state machine ---------------------------------------------------------------
+const glueCache = new Map();
+function glueFiles(dir) {
+  if (!glueCache.size) {
+    for (const f of fs.readdirSync(dir)) if (f.endsWith('.py') || f.endsWith('.mpy')) glueCache.set(f, fs.readFileSync(path.join(dir, f)));
+  }
+  return [...glueCache.keys()];
+}
 let mp = null;
 let generation = 0;
 let mode = 'boot'; // boot | app | friendly | raw | paste | running
@@ -427,7 +444,8 @@ async function bootVM(rawRepl, soft) {
   copyIn(FS, cfg.flashDir, '/flash');
   hookFs(FS);
   FS.mkdir('/_emu');
-  for (const f of fs.readdirSync(MPY_DIR)) if (f.endsWith('.py')) FS.writeFile(`/_emu/${f}`, fs.readFileSync(path.join(MPY_DIR, f)));
+  const glue = cfg.glueDir || MPY_DIR; // precompiled .mpy when the host has mpy-cross, else the sources
+  for (const f of glueFiles(glue)) FS.writeFile(`/_emu/${f}`, glueCache.get(f));
   mp.registerJsModule('_hw', hwApi);
   mp.runPython('import sys\nsys.path.insert(0, "/_emu")\nimport _emu\n_emu.setup()\n');
   if (gen !== generation) return;

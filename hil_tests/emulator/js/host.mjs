@@ -19,6 +19,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const WORKER = path.join(here, 'board_worker.mjs');
 const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const LOG_MAX = 256 * 1024;
+const wasmModule = await WebAssembly.compile(fs.readFileSync(path.join(path.dirname(config.micropython), 'micropython.wasm')));
 const RING_SIZE = 1 << 16;
 
 // ESP32 ROM reset lines and MicroPython machine.reset_cause() values
@@ -175,6 +176,8 @@ class Board {
     const w = new Worker(WORKER, {
       workerData: {
         micropython: config.micropython,
+        glueDir: config.glue,
+        wasmModule,
         boardId: this.id,
         flashDir: this.cfg.flash,
         virtualTime: !!this.cfg.virtual_time,

@@ -95,10 +95,10 @@ def _patch_time():
     raw_gmtime = time.gmtime
 
     def now():
-        return raw_time() + _hw.get_rtc_offset() // 1000
+        return int(raw_time()) + int(_hw.get_rtc_offset()) // 1000  # an int, as on an ESP32
 
     time.time = now
-    time.time_ns = lambda: (int(_hw.now_ms()) + _hw.get_rtc_offset()) * 1000000
+    time.time_ns = lambda: (int(_hw.now_ms()) + int(_hw.get_rtc_offset())) * 1000000
     time.localtime = lambda secs=None: raw_localtime(now() if secs is None else secs)
     time.gmtime = lambda secs=None: raw_gmtime(now() if secs is None else secs)
 

@@ -369,8 +369,8 @@ class RTC:
             t = time.localtime()
             return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
         secs = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
-        current = time.time() - _hw.get_rtc_offset() // 1000
-        _hw.set_rtc_offset((secs - current) * 1000)
+        current = time.time() - int(_hw.get_rtc_offset()) // 1000
+        _hw.set_rtc_offset(str((secs - current) * 1000))
         return None
 
     def memory(self, data=None):
