@@ -1,0 +1,129 @@
+"""Every technician-facing error an emulated board can produce, through the real CLI: a sentence, a hint and
+the documented exit code, never a traceback.
+
+Not producible here, and proven by unit tests instead (tests/test_flash_tool.py): a board with an older
+MicroPython (.mpy v5) — the WebAssembly VM is MicroPython 1.27 (.mpy v6.3); a real ESP32 ROM bootloader
+in download mode, and a real RP2040 BOOTSEL drive — no such hardware is attached.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cityedge.cli import main
+from hil_tests.emulator.board import EmulatedBoard
+from tools.flash import errors as ex
+from tools.flash.transport import RawRepl
+
+pytestmark = [pytest.mark.emulator_only, pytest.mark.board(role="bare")]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[object]:
+    def run(*args: str) -> tuple[int, str]:
+        code = main(["flash", *args, "--manifest", str(tmp_path / "m.json"), "--ledger", str(tmp_path / "l.jsonl")]
+                    if args[0] == "deploy" else ["flash", *args])
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return code, captured.err
+
+    yield run
+
+
+def deploy_args(port: str, *extra: str) -> list[str]:
+    return ["deploy", port, "--role", "bare", "--node-id", "77", "--lat", "1", "--lon", "2", *extra]
+
+
+def test_port_busy_names_the_process(board: EmulatedBoard, cli) -> None:  # type: ignore[no-untyped-def]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import serial,sys,time; s=serial.Serial(sys.argv[1], exclusive=True); "
+         "print('held', flush=True); time.sleep(30)", board.repl_port],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, err = cli(*deploy_args(board.repl_port))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == ex.EXIT_PORT_BUSY
+    assert "busy" in err and f"pid {holder.pid}" in err and f"kill {holder.pid}" in err
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv to drop privileges")
+def test_permission_denied_says_dialout(board: EmulatedBoard, tmp_path: Path) -> None:
+    # the port's mode lets nobody in, and the tool runs without the capabilities that let root ignore file
+    # modes: the kernel refuses the open with EACCES, as it does for a user outside the dialout group
+    mode = os.stat(board.repl_port).st_mode
+    os.chmod(board.repl_port, 0)
+    try:
+        res = subprocess.run(
+            ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", sys.executable, "-m", "cityedge",
+             "flash", *deploy_args(board.repl_port), "--manifest", str(tmp_path / "m.json"),
+             "--ledger", str(tmp_path / "l.jsonl")],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        os.chmod(board.repl_port, mode)
+    assert res.returncode == ex.EXIT_PERMISSION, res.stderr
+    assert "permission denied" in res.stderr and "usermod -aG" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_no_such_port(cli) -> None:  # type: ignore[no-untyped-def]
+    code, err = cli(*deploy_args("/dev/ttyUSB-nothing-here"))
+    assert code == ex.EXIT_PORT_GONE and "no such serial port" in err and "--usb-serial" in err
+
+
+def test_esp32_not_in_download_mode(board: EmulatedBoard, tmp_path: Path) -> None:
+    """Real esptool against a board that runs MicroPython (its ROM bootloader is not listening)."""
+    from tools.flash.errors import FlashError
+    from tools.flash.firmware import detect_chip
+
+    with pytest.raises(FlashError) as info:
+        detect_chip(board.repl_port, connect_attempts=1, timeout=60)
+    assert info.value.exit_code == ex.EXIT_FIRMWARE
+    assert "download mode" in info.value.message and "hold BOOT" in (info.value.hint or "")
+
+
+def test_no_hello_on_link(board: EmulatedBoard, cli) -> None:  # type: ignore[no-untyped-def]
+    # the bare role runs no app, so nothing arrives on the link
+    code, err = cli(*deploy_args(board.repl_port, "--link", board.link_port, "--boot-timeout", "2"))
+    assert code == ex.EXIT_BOOT and "no HELLO" in err and "nothing arrived on the link" in err
+
+
+def test_unknown_role(cli) -> None:  # type: ignore[no-untyped-def]
+    code, err = cli("deploy", "/dev/null", "--role", "toaster")
+    assert code == ex.EXIT_USAGE and "unknown role 'toaster'" in err and "streetlight" in err
+
+
+def test_safe_mode_on_a_first_deploy_that_never_boots(board: EmulatedBoard, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """No previous app to go back to: the node ends in safe mode and the tool says so."""
+    from hil_tests.test_flash import make_firmware
+
+    tree = make_firmware(tmp_path / "crash", "raise RuntimeError('no')\n")
+    # a fresh board: wipe the slots first (this module's board already runs the bare app)
+    with RawRepl(board.repl_port) as repl:
+        from tools.flash.board import Board
+
+        Board(repl).run("_R('/app_a')\n_R('/app_b')\n_R('/boot.json')", what="wiping")
+    code, err = cli("deploy", board.repl_port, "--role", "medical", "--tree", str(tree), "--boot-timeout", "20")
+    assert code == ex.EXIT_BOOT and "safe mode" in err
+
+
+def test_no_repl_answer(board: EmulatedBoard, cli) -> None:  # type: ignore[no-untyped-def]
+    board.power_off()  # the port is there, nothing answers (a board stuck, or not running MicroPython)
+    try:
+        t0 = time.monotonic()
+        code, err = cli("status", board.repl_port)
+        assert code == ex.EXIT_NO_REPL and "does not answer" in err and "RESET" in err
+        assert time.monotonic() - t0 < 15
+    finally:
+        board.power_on()
