@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,11 +23,12 @@ from hil_tests.emulator.board import EmulatedBoard
 from tools.flash import errors as ex
 from tools.flash.transport import RawRepl
 
+Cli = Callable[..., tuple[int, str]]
 pytestmark = [pytest.mark.emulator_only, pytest.mark.board(role="bare")]
 
 
 @pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[object]:
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Cli]:
     def run(*args: str) -> tuple[int, str]:
         code = main(["flash", *args, "--manifest", str(tmp_path / "m.json"), "--ledger", str(tmp_path / "l.jsonl")]
                     if args[0] == "deploy" else ["flash", *args])
@@ -42,7 +43,7 @@ def deploy_args(port: str, *extra: str) -> list[str]:
     return ["deploy", port, "--role", "bare", "--node-id", "77", "--lat", "1", "--lon", "2", *extra]
 
 
-def test_port_busy_names_the_process(board: EmulatedBoard, cli) -> None:  # type: ignore[no-untyped-def]
+def test_port_busy_names_the_process(board: EmulatedBoard, cli: Cli) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import serial,sys,time; s=serial.Serial(sys.argv[1], exclusive=True); "
          "print('held', flush=True); time.sleep(30)", board.repl_port],
@@ -77,7 +78,7 @@ def test_permission_denied_says_dialout(board: EmulatedBoard, tmp_path: Path) ->
     assert "permission denied" in res.stderr and "usermod -aG" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_no_such_port(cli) -> None:  # type: ignore[no-untyped-def]
+def test_no_such_port(cli: Cli) -> None:
     code, err = cli(*deploy_args("/dev/ttyUSB-nothing-here"))
     assert code == ex.EXIT_PORT_GONE and "no such serial port" in err and "--usb-serial" in err
 
@@ -93,18 +94,18 @@ def test_esp32_not_in_download_mode(board: EmulatedBoard, tmp_path: Path) -> Non
     assert "download mode" in info.value.message and "hold BOOT" in (info.value.hint or "")
 
 
-def test_no_hello_on_link(board: EmulatedBoard, cli) -> None:  # type: ignore[no-untyped-def]
+def test_no_hello_on_link(board: EmulatedBoard, cli: Cli) -> None:
     # the bare role runs no app, so nothing arrives on the link
     code, err = cli(*deploy_args(board.repl_port, "--link", board.link_port, "--boot-timeout", "2"))
     assert code == ex.EXIT_BOOT and "no HELLO" in err and "nothing arrived on the link" in err
 
 
-def test_unknown_role(cli) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_role(cli: Cli) -> None:
     code, err = cli("deploy", "/dev/null", "--role", "toaster")
     assert code == ex.EXIT_USAGE and "unknown role 'toaster'" in err and "streetlight" in err
 
 
-def test_safe_mode_on_a_first_deploy_that_never_boots(board: EmulatedBoard, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_safe_mode_on_a_first_deploy_that_never_boots(board: EmulatedBoard, tmp_path: Path, cli: Cli) -> None:
     """No previous app to go back to: the node ends in safe mode and the tool says so."""
     from hil_tests.test_flash import make_firmware
 
@@ -118,7 +119,7 @@ def test_safe_mode_on_a_first_deploy_that_never_boots(board: EmulatedBoard, tmp_
     assert code == ex.EXIT_BOOT and "safe mode" in err
 
 
-def test_no_repl_answer(board: EmulatedBoard, cli) -> None:  # type: ignore[no-untyped-def]
+def test_no_repl_answer(board: EmulatedBoard, cli: Cli) -> None:
     board.power_off()  # the port is there, nothing answers (a board stuck, or not running MicroPython)
     try:
         t0 = time.monotonic()
