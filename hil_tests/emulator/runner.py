@@ -26,7 +26,7 @@ from cityedge.paths import FIRMWARE, NODE_MODULES
 
 RUN_JS = Path(__file__).resolve().parent / "js" / "run.mjs"
 FIRMWARE_LIB = FIRMWARE / "lib"
-DEFAULT_MOUNTS: Mapping[Path, str] = {FIRMWARE_LIB: "/lib"}
+DEFAULT_MOUNTS: Mapping[Path | str, str] = {FIRMWARE_LIB: "/lib"}
 
 
 class MicroPythonError(AssertionError):
