@@ -149,6 +149,7 @@ class Link:
         self.gateway_up = True
         self._running = False
         self._synced = False  # a 0x00 goes out before the first frame: boot noise cannot glue onto it
+        self._dirty = True  # something may be sendable without waiting for a timeout
         self.stats = {"sent": 0, "retx": 0, "acked": 0, "rx": 0, "rx_bad": 0, "cmds": 0, "cmd_dups": 0}
 
     @staticmethod
@@ -172,6 +173,7 @@ class Link:
         if ts < 0:
             ts = self.now()
         seq = self.outbox.put(ch, ftype, priority, ts, payload)
+        self._dirty = True
         self._prune(ch)
         fl = self._inflight[ch]
         # fast path: everything older is already in flight, so the new record joins without a flash read
@@ -234,6 +236,13 @@ class Link:
         if not self._synced:
             self._synced = True
             self.uart.write(b"\x00")
+        if not self._dirty:
+            # nothing new since the last pass: only a timeout can make work (keeps an idle poll cheap)
+            d0 = self._due[0]
+            d1 = self._due[1]
+            if (d0 is None or ticks_diff(now, d0) < 0) and (d1 is None or ticks_diff(now, d1) < 0):
+                return 0
+        self._dirty = False
         for ch in (CH_CTRL, CH_BULK):
             self._prune(ch)
             self._refill(ch)
@@ -307,6 +316,7 @@ class Link:
                 continue
             released = self.outbox.ack(ch, cum)
             if released:
+                self._dirty = True
                 self.stats["acked"] += released
                 self._rto[ch] = self.rto_min
                 self._prune(ch)
@@ -346,6 +356,7 @@ class Link:
             self.cmd_ack(cmd_id, res)
 
     def _resend_now(self) -> None:
+        self._dirty = True
         for ch in (CH_CTRL, CH_BULK):
             self._rto[ch] = self.rto_min
             self._due[ch] = None
