@@ -21,7 +21,6 @@ from tools.flash.cli import ProgressBoard, summary_table
 from tools.flash.errors import EXIT_CODES, EXIT_FIRMWARE, EXIT_MPY_VERSION, FlashError
 from tools.flash.ports import describe, port_holders
 
-
 # --- .mpy versions -----------------------------------------------------------------------------------------
 
 def test_compiles_for_the_boards_mpy_version(tmp_path: Path) -> None:
@@ -40,7 +39,7 @@ def test_refuses_an_mpy_version_it_cannot_emit() -> None:
         mpy.compiler_for(7, port="/dev/ttyUSB0", micropython="2.0.0")
     assert info.value.exit_code == EXIT_MPY_VERSION
     assert ".mpy v7.0" in info.value.message and "--source" in (info.value.hint or "")
-    with pytest.raises(FlashError, match="no .mpy support"):
+    with pytest.raises(FlashError, match=r"no \.mpy support"):
         mpy.compiler_for(None)
 
 
@@ -122,7 +121,7 @@ def test_uf2_copy_onto_bootsel_drive(tmp_path: Path) -> None:
     assert res.method == "uf2" and res.chip == "RPI-RP2" and len(res.sha256) == 64
     with pytest.raises(FlashError, match="BOOTSEL"):
         fw.flash_uf2(image, roots=[tmp_path / "empty"], wait=0.1)
-    with pytest.raises(FlashError, match="not a .uf2"):
+    with pytest.raises(FlashError, match=r"not a \.uf2"):
         fw.flash_uf2(tmp_path / "x.bin", roots=[tmp_path / "media"], wait=0.1)
 
 
