@@ -309,15 +309,17 @@ def check_cycling():
 def check_energy_integration():
     from streetlight import energy
 
-    e = energy.Energy(standby_mw=2000)
-    e.add(0, 1000)  # first sample only sets the start
+    e = energy.Energy()
+    e.add(0, 1000, False)  # first sample only sets the start
+    e.add(0, 1000, True)  # switched on
     for _ in range(3600):
-        e.add(60000, 1000)  # an hour at 60 W (the first second ramps 0 -> 60 W)
+        e.add(60000, 1000, True)  # an hour at 60 W (the first second ramps 0 -> 60 W)
     assert 59.9 < e.wh() < 60.0, e.wh()
-    assert e.mwh == 59991 and e.burn_s == 3600 and e.switches == 1
+    assert e.mwh == 59991 and e.burn_s == 3600 and e.switches == 1, (e.mwh, e.burn_s, e.switches)
     for _ in range(10):
-        e.add(0, 1000)
-    e.add(30000, 1000)
+        e.add(600, 1000, False)  # off: the driver's idle draw still counts as energy, not as burning
+    assert e.burn_s == 3601 and e.mwh == 60001, (e.burn_s, e.mwh)  # 60 -> 0.6 W ramp, then 9 s idle
+    e.add(30000, 1000, True)
     assert e.switches == 2
     st = e.state()
     e2 = energy.Energy()

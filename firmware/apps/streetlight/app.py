@@ -18,6 +18,7 @@ import asyncio
 import gc
 import time
 
+import board  # type: ignore[import-not-found]  # /lib/board.py, the pin map deployed per board
 import machine
 from cewire import codes
 from cewire import payloads as P
@@ -29,7 +30,6 @@ from node import config, supervisor
 from node.link import Link
 from node.outbox import Outbox
 
-import board  # type: ignore[import-not-found]  # /lib/board.py, the pin map deployed per board
 from streetlight import curves, energy, faults, lightsense, overrides, schedule, settings
 
 VERSION = "1.0.0"
@@ -37,6 +37,8 @@ _UNIX_2000 = const(946684800)
 _CLOCK_VALID = const(1600000000)  # a Unix time before this means the RTC was never set
 _FAST_MS = const(50)
 _SETTLE_MS = const(3000)  # after a fade, before power readings are judged
+_LINK_IDLE_MS = const(10000)  # link task wake-up when nothing is in flight (RX wakes it at once)
+_LINK_ALONE_MS = const(20000)  # ... while the gateway is lost (retransmissions are 60 s apart then)
 _WD_CONTROL = const(0)
 _WD_LINK = const(1)
 _RESETS = {"power_on": P.RESET_POWER_ON, "hard": P.RESET_HARD, "watchdog": P.RESET_WDT,
@@ -51,8 +53,32 @@ def log(msg):
 
 def unix_now():
     """Unix seconds from the RTC, or 0 while the clock is not set."""
-    t = time.time() + _EPOCH
+    t = int(time.time()) + _EPOCH
     return t if t > _CLOCK_VALID else 0
+
+
+class RxPort:
+    """The link UART as node.link.Link sees it: writes go straight out; reads return what :meth:`Streetlight.
+    link_task` received while it slept on the UART, so the link costs no wake-ups while nothing arrives."""
+
+    def __init__(self, uart, size=256):
+        self.uart = uart
+        self.buf = bytearray(size)
+        self.n = 0
+
+    def write(self, data):
+        return self.uart.write(data)
+
+    def readinto(self, buf):
+        n = self.n
+        if not n:
+            return None
+        m = n if n < len(buf) else len(buf)
+        buf[:m] = memoryview(self.buf)[:m]
+        if m < n:
+            self.buf[: n - m] = memoryview(self.buf)[m:n]
+        self.n = n - m
+        return m
 
 
 class Streetlight:
@@ -76,6 +102,7 @@ class Streetlight:
         # logic
         self.ov = overrides.Overrides()
         self.sample = faults.Sample()
+        self.sample.sensor_ok = True  # until a reading says otherwise
         self.energy = energy.Energy()
         self.energy.load()
         self.fader = curves.Fader()
@@ -88,12 +115,19 @@ class Streetlight:
         # link
         link_cfg = node.get("link") or {}
         self.outbox = Outbox(outbox_root, quotas=(128, 256))
-        self.link = Link(self._uart(link_cfg), node["node_id"], (bytes.fromhex(node["key"]), node["key_id"]),
+        self.uart = self._uart(link_cfg)
+        self.rx = RxPort(self.uart)
+        self.link = Link(self.rx, node["node_id"], (bytes.fromhex(node["key"]), node["key_id"]),
                          self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self.on_link,
-                         clock=unix_now, poll_ms=link_cfg.get("poll_ms", 50),
+                         clock=unix_now, poll_ms=link_cfg.get("poll_ms", 100),
                          lost_ms=link_cfg.get("lost_s", 90) * 1000)
-        self.wd = supervisor.Watchdog(2, timeout_ms=8000, stale_ms=5000)
+        stale = max(_LINK_IDLE_MS + 15000, 3 * self.s["control_ms"])
+        self.wd = supervisor.Watchdog(2, timeout_ms=stale + 5000, stale_ms=stale)
         self._wdt_test = False
+        self._lost_raised = False
+        self._waiting = 0
+        self._progress_ms = 0
+        self._last_save_s = 0
 
     # --- setup
     def _uart(self, cfg):
@@ -115,7 +149,6 @@ class Streetlight:
         self.faults = faults.Faults(**thresholds)
         if old is not None:
             self.faults.active[:] = old.active  # keep what is raised: no second raise, a clear still comes
-        self.energy.standby_mw = self.faults.standby_mw
         self._rebuild_schedule()
         if s["pir.enabled"] and self.pir is None:
             self.pir = machine.Pin(board.PIN_PIR, machine.Pin.IN)
@@ -146,8 +179,27 @@ class Streetlight:
             self.event(codes.CLOCK_SET, P.EV_INFO)
 
     def on_link(self, up):
-        log("gateway " + ("back" if up else "lost: running alone"))
-        self.event(codes.GATEWAY_LOST, P.EV_CLEARED if up else P.EV_RAISED)
+        if up:
+            self._check_gateway()
+
+    def _check_gateway(self):
+        """gateway_lost: reports wait and no ACK has released any of them for ``lost_s`` (a quiet link with
+        nothing to send is not lost); cleared when ACKs flow again."""
+        waiting = self.link.backlog()
+        waiting = waiting[0] + waiting[1]
+        now = self.uptime_ms
+        if waiting == 0 or waiting < self._waiting:
+            self._progress_ms = now  # nothing owed, or the gateway acknowledged something
+        self._waiting = waiting
+        stuck = waiting and now - self._progress_ms >= self.link.lost_ms
+        if stuck and not self._lost_raised:
+            self._lost_raised = True
+            log("gateway lost: running alone, %d reports kept" % waiting)
+            self.event(codes.GATEWAY_LOST, P.EV_RAISED, PRIO_LOW)
+        elif not stuck and self._lost_raised:
+            self._lost_raised = False
+            log("gateway back")
+            self.event(codes.GATEWAY_LOST, P.EV_CLEARED)
 
     def _on_motion(self, pin):
         if self.s["pir.enabled"]:
@@ -157,6 +209,7 @@ class Streetlight:
     def event(self, code, state, priority=PRIO_NONE, value=None, label=0, text=""):
         try:
             self.link.event(code, state, priority, value, label, text=text)
+            self.link.poll()  # events go out at once, not when the link task next wakes
         except Exception as e:  # a full event quota must not stop the lights
             log("event %d not stored: %s" % (code, e))
 
@@ -228,19 +281,25 @@ class Streetlight:
             if not self._als_started:
                 self.als.start()
                 self._als_started = True
-            self.lux_x10 = self.als.read()
+            lux = self.als.read()
+            if lux is not None:  # None: the first conversion is not done yet
+                self.lux_x10 = lux
             s.sensor_ok = True
-        except OSError:
+        except Exception:  # OSError from the bus, or anything a driver raises: the sensor is failing
             self._als_started = False
             self.lux_x10 = -1
             s.sensor_ok = False
+        self._read_meter()
+
+    def _read_meter(self):
+        s = self.sample
         try:
             if not self._meter_started:
                 self.meter.start()
                 self._meter_started = True
             self.meter.read()
             s.meter_ok = True
-        except OSError:
+        except Exception:  # as above: judged as a meter failure, the lamp keeps following its program
             self._meter_started = False
             s.meter_ok = False
         m = self.meter
@@ -261,12 +320,12 @@ class Streetlight:
             prog = night.level(minute)
         elif self.sched is not None:
             prog = self.s["programs"]["default"][0][2]
-        sensor_ok = self.sample.sensor_ok
+        sensor_ok = self.sample.sensor_ok and self.lux_x10 >= 0
         dark = self.switch.update(self.lux_x10 // 10 if sensor_ok else None, now_s)
         if clock_on is None:
             lit = dark if (sensor_ok and dark is not None) else True
         else:
-            lit = lightsense.decide(self.policy, clock_on, dark, sensor_ok)
+            lit = lightsense.decide(self.policy, clock_on, dark, self.switch.valid)
         return lit, prog, clock_on is not None and not clock_on
 
     def control_step(self, full=True):
@@ -299,9 +358,12 @@ class Streetlight:
             s.relay = bool(self.relay.value())
             s.settled = not self.fader.moving() and self.uptime_ms - self._settled_at >= _SETTLE_MS
             s.forced = self.ov.active() in (overrides.MANUAL, overrides.MAINTENANCE)
-            self.energy.add(s.power_mw if s.meter_ok else 0, self._dt_ms())
+            self.energy.add(s.power_mw if s.meter_ok else 0, self._dt_ms(), s.relay and duty > 0)
             self.faults.update(s)
             self._send_fault_events()
+            if now_s - self._last_save_s >= self.s["energy_save_s"]:
+                self._last_save_s = now_s
+                self.save_energy()
 
     def _dt_ms(self):
         dt = self.uptime_ms - self._last_energy_ms
@@ -332,6 +394,7 @@ class Streetlight:
         if dropped:
             values[P.L_DROPPED] = dropped
         self.link.data(values)
+        self.link.poll()
 
     # --- tasks
     async def control_task(self):
@@ -344,26 +407,37 @@ class Streetlight:
             self.control_step(full)
             if not self._wdt_test:
                 self.wd.beat(_WD_CONTROL)
+            self.wd.feed_if_healthy()
             await asyncio.sleep_ms(_FAST_MS if self.fader.moving() else period)
 
+    def _link_wait_ms(self):
+        if self._waiting:
+            return _LINK_ALONE_MS if self._lost_raised else self.link.poll_ms
+        return _LINK_IDLE_MS
+
     async def link_task(self):
-        poll = self.link.poll_ms
+        """Serve the link; sleep on the UART between frames instead of polling it."""
+        reader = asyncio.StreamReader(self.uart)
+        rx = self.rx
+        mv = memoryview(rx.buf)
         while True:
             self.link.poll()
+            self._check_gateway()
             self.wd.beat(_WD_LINK)
-            await asyncio.sleep_ms(poll)
+            try:
+                n = await asyncio.wait_for_ms(reader.readinto(mv[rx.n:]), self._link_wait_ms())  # type: int
+                rx.n += n or 0
+            except asyncio.TimeoutError:
+                pass
 
     async def report_task(self):
-        last_save = 0
         while True:
             await asyncio.sleep(self.s["telemetry_s"])
             try:
                 self.telemetry()
             except Exception as e:
                 log("telemetry not stored: %s" % e)
-            if self.uptime_ms // 1000 - last_save >= self.s["energy_save_s"]:
-                self.save_energy()
-                last_save = self.uptime_ms // 1000
+            self._check_gateway()
 
     def save_energy(self):
         try:
@@ -382,7 +456,7 @@ class Streetlight:
             self.event(codes.CONFIG_INVALID, P.EV_INFO, PRIO_LOW, text=self.problems[0][:40])
         asyncio.create_task(self.link_task())
         asyncio.create_task(self.report_task())
-        asyncio.create_task(self.wd.run())
+        self.wd.start()
         asyncio.create_task(self._confirm_boot())
         await self.control_task()
 

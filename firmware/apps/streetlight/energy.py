@@ -21,8 +21,10 @@ PATH = "/streetlight_energy.json"
 
 
 class Energy:
-    def __init__(self, standby_mw=2000):
-        self.standby_mw = standby_mw  # above this the lamp counts as burning
+    """Counters of one luminaire; burn time and switch-ons follow the *commanded* state (a deeply dimmed LED
+    draws little more than its driver's idle power, so power alone cannot tell lit from dark)."""
+
+    def __init__(self):
         self.mwh = 0  # energy in milliwatt-hours
         self.burn_s = 0  # seconds the lamp burnt
         self.switches = 0  # dark -> lit transitions
@@ -31,19 +33,19 @@ class Energy:
         self._last_mw = -1  # previous sample's power, -1 before the first
         self._lit = False
 
-    def add(self, power_mw, dt_ms):
-        """Account ``dt_ms`` since the previous sample, which read ``power_mw`` now."""
+    def add(self, power_mw, dt_ms, lit):
+        """Account ``dt_ms`` since the previous sample, which read ``power_mw`` now with the lamp
+        commanded on (``lit``) or off."""
         if self._last_mw < 0 or dt_ms <= 0 or dt_ms > 600000:
             self._last_mw = power_mw  # first sample, or a gap we cannot bridge honestly
-            self._lit = power_mw > self.standby_mw
+            self._lit = lit
             return
         self._uj += (self._last_mw + power_mw) * dt_ms // 2
         if self._uj >= _UJ_PER_MWH:
             n = self._uj // _UJ_PER_MWH
             self.mwh += n
             self._uj -= n * _UJ_PER_MWH
-        lit = power_mw > self.standby_mw
-        if lit or self._lit:
+        if self._lit:  # the lamp burnt since the previous sample
             self._burn_ms += dt_ms
             if self._burn_ms >= 1000:
                 self.burn_s += self._burn_ms // 1000

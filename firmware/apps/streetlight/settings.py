@@ -41,6 +41,12 @@ def _clock_off(value):
     return (anchor, off)
 
 
+def _clock_time(value):
+    if schedule.parse_when(value)[0] != schedule.AT_CLOCK:
+        raise ValueError("must be a time of day 'HH:MM'")
+    return value
+
+
 def _holidays(value):
     return schedule.parse_holidays(value)
 
@@ -64,8 +70,11 @@ SCHEMA = (  # type: tuple
     ("pir.level_pct", float, 100.0, (0.0, 100.0)),
     ("pir.hold_s", int, 120, (5, 3600)),
     ("telemetry_s", int, 900, (10, 86400)),
-    ("control_ms", int, 1000, (100, 10000)),
+    ("control_ms", int, 1000, (100, 60000)),
     ("energy_save_s", int, 600, (60, 86400)),
+    ("safe.on", str, "17:00", _clock_time),  # read by /lib/safe/streetlight.py (safe mode)
+    ("safe.off", str, "07:30", _clock_time),
+    ("safe.level_pct", float, 100.0, (10.0, 100.0)),
     ("meter.shunt_mohm", int, 100, (1, 10000)),
     ("meter.max_ma", int, 3200, (100, 100000)),
 ) + tuple(("faults." + name, float if isinstance(dflt, float) else int, dflt, (0, 1000000))

@@ -39,6 +39,7 @@ class INA219:
         self.current_ma = 0
         self.power_mw = 0
         self.overflow = False
+        self._reads = 0
         self._buf = bytearray(2)
         self._w = bytearray(2)
 
@@ -60,8 +61,8 @@ class INA219:
         """Read bus voltage, current and power into the attributes.
 
         On a shunt overflow (current beyond the range) the current reads as the range's maximum and
-        ``overflow`` is set, so an over-current shows as one. A calibration lost to a brown-out (the register
-        reads 0) is rewritten. Raises OSError on a bus error.
+        ``overflow`` is set, so an over-current shows as one. A calibration lost to a brown-out (checked every 64th
+        read) is rewritten. Raises OSError on a bus error.
         """
         bus = self._read(_REG_BUS)
         self.bus_mv = (bus >> 3) * 4
@@ -70,8 +71,9 @@ class INA219:
             self.current_ma = 32767 * self.current_lsb_ua // 1000
             self.power_mw = self.current_ma * self.bus_mv // 1000
             return True
-        if self._read(_REG_CAL) != self.cal:
-            self.start()
+        self._reads += 1
+        if self._reads & 63 == 0 and self._read(_REG_CAL) != self.cal:
+            self.start()  # every 64th read: a brown-out may have reset the chip
         cur = self._read(_REG_CURRENT)
         if cur & 0x8000:
             cur -= 0x10000

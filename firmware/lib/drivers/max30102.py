@@ -53,6 +53,7 @@ class MAX30102:
         self.bits = _PW_BITS[self.pulse_width]
         self.overflows = 0  # overflow events seen
         self.lost = 0  # samples lost to overflow since start (at least; the counter saturates at 31)
+        self.last_lost = 0  # lost before the last read_into
         self._b1 = bytearray(1)
         self._ptr = bytearray(3)
         self._fifo = bytearray(_FIFO_DEPTH * 6)
@@ -98,8 +99,9 @@ class MAX30102:
         self._w(_MODE_CONFIG, _MODE_SHDN)
 
     def read_into(self, red, ir, off=0):
-        """Drain the FIFO into arrays ``red``/``ir`` from index ``off``; return (samples read, samples lost).
+        """Drain the FIFO into arrays ``red``/``ir`` from index ``off``; return how many samples were read.
 
+        ``self.last_lost`` is then the number of samples the sensor lost (FIFO overflow) since the previous read.
         Raises OSError when the bus fails (the caller counts it as a sensor failure).
         """
         i2c = self.i2c
@@ -108,6 +110,7 @@ class MAX30102:
         ovf = self._ptr[1] & 0x1F
         rd = self._ptr[2] & 0x1F
         n = (wr - rd) & 0x1F
+        self.last_lost = ovf
         if ovf:
             n = _FIFO_DEPTH  # full: WR == RD
             self.overflows += 1
@@ -116,7 +119,7 @@ class MAX30102:
         if n > room:
             n = room
         if n == 0:
-            return 0, ovf
+            return 0
         buf = self._mv[: n * 6]
         i2c.readfrom_mem_into(self.addr, _FIFO_DATA, buf)
         f = self._fifo
@@ -125,4 +128,4 @@ class MAX30102:
             red[k] = ((f[j] << 16) | (f[j + 1] << 8) | f[j + 2]) & 0x3FFFF
             ir[k] = ((f[j + 3] << 16) | (f[j + 4] << 8) | f[j + 5]) & 0x3FFFF
             j += 6
-        return n, ovf
+        return n
