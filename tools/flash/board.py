@@ -28,7 +28,11 @@ class Repl(Protocol):
 
 # Board-side helpers (MicroPython). Kept small: it is sent on every connection.
 AGENT = """\
-import os,sys,json,binascii,hashlib
+import os,sys,json,hashlib
+try:
+ import ubinascii as binascii
+except ImportError:
+ import binascii
 try:
  import deflate,io
 except ImportError:
@@ -41,20 +45,25 @@ def _H(p):
    if not n:break
    h.update(m[:n])
  return binascii.hexlify(h.digest()).decode()
-def _T(d,o):
+def _T(d,o,n=64):
  try:l=list(os.ilistdir(d))
  except OSError:
-  try:o[d]=[os.stat(d)[6],_H(d)]
+  try:o[d]=[os.stat(d)[6],_H(d)[:n]]
   except OSError:pass
   return
  for e in l:
   p=d+'/'+e[0]
-  if e[1]==0x4000:_T(p,o)
-  else:o[p]=[os.stat(p)[6],_H(p)]
+  if e[1]==0x4000:_T(p,o,n)
+  else:o[p]=[os.stat(p)[6],_H(p)[:n]]
 def _S(ps):
  o={}
  for p in ps:_T(p,o)
  print(json.dumps(o))
+def _V(ps):
+ o={};h=hashlib.sha256()
+ for p in ps:_T(p,o)
+ for k in sorted(o):h.update('%s %d %s\\n'%(k,o[k][0],o[k][1]))
+ print(json.dumps([len(o),binascii.hexlify(h.digest()).decode()]))
 def _M(p):
  q=''
  for s in p.split('/')[1:-1]:
@@ -110,12 +119,13 @@ def _P():
 
 FIXED_ROOTS = ("/boot.py", "/main.py", "/lib/bootmgr.py", "/lib/bootmgr.mpy", "/lib/board.py", "/lib/board.mpy",
                "/lib/safe")
+PROBE_HASH = 16  # hex digits of each file's SHA-256 in a probe: enough to decide what to send
 CHUNK = 6 * 1024  # base64 characters per round trip: what a small board compiles comfortably at once
 
 
 @dataclass
 class BoardInfo:
-    """What a board said about itself in one round trip."""
+    """What a board said about itself in one round trip (file hashes: the first PROBE_HASH hex digits)."""
 
     port: str
     impl: str
@@ -170,13 +180,18 @@ class Board:
     def probe(self, roots: Iterable[str] = ()) -> BoardInfo:
         """Board identity, boot state, provisioning (without key) and hashes under ``roots``: one round trip."""
         roots = list(roots)
-        got = self.call_json(f"r=_P();o={{}}\nfor p in {roots!r}:_T(p,o)\nr['files']=o;print(json.dumps(r))",
-                             what="asking what it runs", timeout=30)
+        got = self.call_json(f"r=_P();o={{}}\nfor p in {roots!r}:_T(p,o,{PROBE_HASH})\n"
+                             "r['files']=o;print(json.dumps(r))", what="asking what it runs", timeout=30)
         return BoardInfo(
             port=self.port, impl=got["impl"], micropython=got["ver"], mpy=got["mpy"], machine=got["machine"],
             sysname=got["sysname"], uid=got["uid"], deflate=bool(got["z"]), state=got["state"], node=got["node"],
             free=got["free"], files={p: (v[0], v[1]) for p, v in got["files"].items()},
         )
+
+    def digest(self, roots: Iterable[str]) -> tuple[int, str]:
+        """(number of files, SHA-256 over "path size sha256" lines) under ``roots``: one short answer."""
+        got = self.call_json(f"_V({list(roots)!r})", what="verifying files", timeout=30)
+        return int(got[0]), str(got[1])
 
     def hashes(self, roots: Iterable[str]) -> dict[str, tuple[int, str]]:
         got = self.call_json(f"_S({list(roots)!r})", what="hashing files", timeout=30)

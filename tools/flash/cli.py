@@ -102,7 +102,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for p in ports:
             try:
                 with RawRepl(p["device"], timeout=3) as repl:
-                    repl.enter_raw(attempts=1)
+                    repl.enter_raw(wait=1.5)
                     p["board"] = Board(repl).probe().as_dict()
             except CityedgeError as exc:
                 p["error"] = exc.message

@@ -42,7 +42,7 @@ from cityedge.firmware_files import (
 from cityedge.manifest import NodeRecord
 from cityedge.paths import FIRMWARE
 from tools.flash import compile as mpy
-from tools.flash.board import FIXED_ROOTS, Board, BoardInfo
+from tools.flash.board import FIXED_ROOTS, PROBE_HASH, Board, BoardInfo
 from tools.flash.errors import EXIT_VERIFY, FlashError
 
 Progress = Callable[[str, float], None]  # (step, fraction 0..1)
@@ -50,6 +50,19 @@ Progress = Callable[[str, float], None]  # (step, fraction 0..1)
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _short(data: bytes) -> str:
+    """The hash as a probe reports it (enough to decide what to send; the verify step uses all of it)."""
+    return _sha(data)[:PROBE_HASH]
+
+
+def expected_digest(files: dict[str, bytes]) -> tuple[int, str]:
+    """What the board's ``_V`` answers for exactly ``files`` (board path → content)."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(f"{path} {len(files[path])} {_sha(files[path])}\n".encode())
+    return len(files), h.hexdigest()
 
 
 def _json(obj: Any) -> bytes:
@@ -132,8 +145,8 @@ def choose_slot(state: dict[str, Any] | None, files: dict[str, tuple[int, str]])
 
 def slot_matches(image: Image, slot: str, files: dict[str, tuple[int, str]]) -> bool:
     base = slot_dir(slot)
-    want = {f"{base}/{rel}": _sha(d) for rel, d in image.slot.items()}
-    want[f"{base}/{SLOT_MANIFEST}"] = _sha(image.manifest_bytes)
+    want = {f"{base}/{rel}": _short(d) for rel, d in image.slot.items()}
+    want[f"{base}/{SLOT_MANIFEST}"] = _short(image.manifest_bytes)
     have = {p: h for p, (_, h) in files.items() if p.startswith(base + "/")}
     return have == want
 
@@ -154,7 +167,7 @@ def deploy(board: Board, info: BoardInfo, image: Image, *, max_tries: int = MAX_
     say = progress or (lambda step, frac: None)
     files = info.files
     state = info.state
-    fixed_changed = {p: d for p, d in image.fixed.items() if files.get(p, (0, ""))[1] != _sha(d)}
+    fixed_changed = {p: d for p, d in image.fixed.items() if files.get(p, (0, ""))[1] != _short(d)}
     stale_fixed = [c for p in image.fixed if (c := _counterpart(p)) and c in files and c not in image.fixed]
     active = state.get("active") if state else None
     if (active in SLOTS and slot_matches(image, active, files) and not fixed_changed and not stale_fixed
@@ -178,7 +191,7 @@ def deploy(board: Board, info: BoardInfo, image: Image, *, max_tries: int = MAX_
     prep += [f"_R({p!r})" for p in sorted(have_target) if p not in want and not p.endswith("/" + SLOT_MANIFEST)]
     to_send: dict[str, bytes] = {}
     for path, data in want.items():
-        h = _sha(data)
+        h = _short(data)
         rel = path[len(base) + 1:]
         if have_target.get(path) == h:
             result.kept.append(rel)
@@ -199,13 +212,13 @@ def deploy(board: Board, info: BoardInfo, image: Image, *, max_tries: int = MAX_
                       progress=lambda done: say("write", 0.1 + 0.75 * done / total))
 
     say("verify", 0.88)
-    expect = {p: _sha(d) for p, d in want.items()}
-    expect.update({p + ".new": _sha(d) for p, d in fixed_changed.items()})
-    got = board.hashes([base, *(p + ".new" for p in fixed_changed)])
-    got_h = {p: h for p, (_, h) in got.items()}
-    bad = sorted(p for p in expect if got_h.get(p) != expect[p])
-    extra = sorted(p for p in got_h if p not in expect)
-    if bad or extra:
+    expect = dict(want)
+    expect.update({p + ".new": d for p, d in fixed_changed.items()})
+    roots = [base, *(p + ".new" for p in fixed_changed)]
+    if board.digest(roots) != expected_digest(expect):
+        got = {p: h for p, (_, h) in board.hashes(roots).items()}  # which ones: a second, longer answer
+        bad = sorted(p for p in expect if got.get(p) != _sha(expect[p]))
+        extra = sorted(p for p in got if p not in expect)
         raise FlashError(
             f"verification failed: {len(bad)} file(s) differ on the board ({', '.join(bad[:3])})"
             + (f", {len(extra)} unexpected" if extra else ""),

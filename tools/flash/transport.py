@@ -141,18 +141,23 @@ class RawRepl:
 
     # --- raw REPL ---------------------------------------------------------------------------------
 
-    def enter_raw(self, *, attempts: int = 3) -> None:
-        """Stop whatever runs (Ctrl-C) and enter the raw REPL; FlashError(EXIT_NO_REPL) if nobody answers."""
-        for attempt in range(attempts):
+    def enter_raw(self, *, wait: float = 8.0) -> None:
+        """Stop whatever runs (Ctrl-C) and enter the raw REPL, trying for up to ``wait`` s (a board may still
+        be booting); FlashError(EXIT_NO_REPL) if it never answers."""
+        deadline = time.monotonic() + wait
+        attempt = 0
+        while True:
             self._write(b"\r\x03\x03")
-            self.drain(0.05 + 0.1 * attempt)
+            self.drain(0.05 + 0.05 * min(attempt, 4))
             self._write(b"\r\x01")
             try:
-                self.read_until(RAW_PROMPT, timeout=1.0 + attempt)  # a board may still be booting
+                self.read_until(RAW_PROMPT, timeout=max(0.1, min(1.0 + 0.5 * attempt, deadline - time.monotonic())))
                 self.in_raw = True
                 return
             except TimeoutError:
-                continue
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    break
         raise FlashError("the board does not answer on its MicroPython REPL (could not enter the raw REPL)",
                          port=self.port, exit_code=EXIT_NO_REPL, hint=NO_REPL_HINT)
 
