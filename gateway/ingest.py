@@ -166,6 +166,7 @@ class Ingest:
         self.stats = IngestStats()
         self._decoders: dict[str, tuple[int, StreamDecoder]] = {}
         self._pending: list[_Pending] = []
+        self._reack: dict[int, Link] = {}
         self._urgent = False
         self._wake = asyncio.Event()
 
@@ -191,6 +192,12 @@ class Ingest:
                 rejected[name] = rejected.get(name, 0) + n - codes_before.get(code, 0)
         for raw in frames:
             self.frame(link, raw)
+        if self._reack:  # one ACK per node for all the duplicates in this chunk
+            for node_id, ack_link in self._reack.items():
+                acks = self.receiver.acks(node_id)
+                if acks and self.downlink.send_ack(node_id, acks, ack_link):
+                    self.stats.acked += 1
+            self._reack.clear()
 
     def frame(self, link: Link, raw: bytes) -> None:
         """One unframed frame from ``link``."""
@@ -201,11 +208,7 @@ class Ingest:
         except WireError as exc:
             if exc.code == E_REPLAY:  # authentic (MAC checked first) but seen: our ACK was lost
                 st.duplicates += 1
-                node_id = _NODE_ID.unpack_from(raw, 4)[0]
-                acks = self.receiver.acks(node_id)
-                if acks:
-                    self.downlink.send_ack(node_id, acks, link)
-                    st.acked += 1
+                self._reack[_NODE_ID.unpack_from(raw, 4)[0]] = link
             else:
                 st.rejected[exc.name] = st.rejected.get(exc.name, 0) + 1
             return

@@ -49,7 +49,8 @@ class SimNode:
         self.key = Key(key, key_id)
         self.encoder = Encoder(node_id, self.key)
         self.next_seq = {CH_CTRL: 1, CH_BULK: 1}
-        self.unacked: dict[int, dict[int, bytes]] = {CH_CTRL: {}, CH_BULK: {}}  # channel -> seq -> frame
+        # channel -> seq -> (type, payload, priority, ts): kept until acknowledged
+        self.unacked: dict[int, dict[int, tuple[int, bytes, int, int]]] = {CH_CTRL: {}, CH_BULK: {}}
         self.acked = {CH_CTRL: 0, CH_BULK: 0}
         self.gw_window = ReplayWindow()
         self.decoder = StreamDecoder()
@@ -63,11 +64,15 @@ class SimNode:
         ch = channel_of(ftype)
         seq = self.next_seq[ch]
         self.next_seq[ch] = seq + 1
-        base = min(self.unacked[ch], default=seq)
         ts = int(time.time()) if ts is None else ts
-        wire = bytes(self.encoder.stream(ftype, seq, ts, payload, prio, seq - base))
-        self.unacked[ch][seq] = wire
-        return wire
+        self.unacked[ch][seq] = (ftype, payload, prio, ts)
+        return self._wire(ch, seq)
+
+    def _wire(self, ch: int, seq: int) -> bytes:
+        # ``back`` is recomputed on every (re)transmission: it tells the gateway what the node still holds
+        ftype, payload, prio, ts = self.unacked[ch][seq]
+        base = min(self.unacked[ch], default=seq)
+        return bytes(self.encoder.stream(ftype, seq, ts, payload, prio, seq - base))
 
     def hello(self, fw: str = "sim-1", boot: int = 1) -> bytes:
         return self._frame(T_HELLO, payloads.hello(self.role, fw, boot, payloads.RESET_POWER_ON))
@@ -84,7 +89,7 @@ class SimNode:
         out = bytearray()
         for ch in (CH_CTRL, CH_BULK):
             for seq in sorted(self.unacked[ch]):
-                out += self.unacked[ch][seq]
+                out += self._wire(ch, seq)
         return bytes(out)
 
     @property
@@ -94,6 +99,8 @@ class SimNode:
     def receive(self, data: bytes) -> None:
         """Bytes from the gateway: ACKs clear unacked frames, TIME is noted, CMDs are executed once."""
         for raw in self.decoder.feed(data):
+            if len(raw) >= 8 and int.from_bytes(raw[4:8], "big") != self.node_id:
+                continue  # a frame for another node on the same bus
             try:
                 frame = decode_frame(raw, self.key, DIR_DOWN)
                 self.gw_window.check(frame.seq)
