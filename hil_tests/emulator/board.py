@@ -418,8 +418,13 @@ class Board:
     def power_on(self) -> None:
         self._request("power_on")
 
-    def power_cut(self, off_seconds: float = 0.05) -> None:
-        """Power off, wait ``off_seconds`` (real time), power on (reset cause PWRON)."""
+    def power_cut(self, off_seconds: float = 0.05, *, after_seconds: float | None = None) -> None:
+        """Power off, stay off ``off_seconds``, power on (reset cause PWRON). With ``after_seconds`` the cut is
+        scheduled by the host process that long from now and this returns at once: use it to cut power in
+        the middle of something the firmware is doing (a file write, a frame) while the test drives it."""
+        if after_seconds is not None:
+            self._request("power_cut", after_ms=after_seconds * 1000.0, off_ms=off_seconds * 1000.0)
+            return
         self.power_off()
         time.sleep(off_seconds)
         self.power_on()

@@ -218,7 +218,7 @@ function wdtFeed() {
   if (!wdt) return;
   if (wdt.timer) clock.clearTimeout(wdt.timer);
   wdt.timer = clock.setTimeout(() => hardReset('wdt'), wdt.timeout);
-  Atomics.store(ctl, 4, 0);
+  if (!clock.virtual) horizon[1] = realDateNow() + wdt.timeout; // the host thread resets a hung board
 }
 
 // ---- the host thread asks for a hard reset (machine.reset, WDT, deep sleep) -----------------------------
@@ -544,7 +544,7 @@ function processChar(c) {
         }
         void gen;
       }
-      return true; // other input is dropped while a program runs
+      return true;
     case 'friendly': {
       if (c === 1) { emit('\r\n'); enterRaw(); return true; }
       const r = mp.replProcessChar(c);
@@ -618,6 +618,13 @@ function drainInput() {
   try {
     while (inputAvailable() > 0) {
       if (mode === 'boot' || resetting) break;
+      if (mode === 'app' || mode === 'running') {
+        // while a program runs only Ctrl-C acts; other input waits for the REPL, as in a board's UART buffer
+        if (!peekHasCtrlC()) break;
+        consumeThroughCtrlC();
+        processChar(3);
+        continue;
+      }
       const r = Atomics.load(ctl, 1);
       const c = ring[r % RING];
       Atomics.store(ctl, 1, r + 1);

@@ -85,7 +85,7 @@ class Board {
     this.id = cfg.id;
     this.ctlSab = new SharedArrayBuffer(8 * 4);
     this.ringSab = new SharedArrayBuffer(RING_SIZE);
-    this.horizonSab = new SharedArrayBuffer(8);
+    this.horizonSab = new SharedArrayBuffer(16); // [0] virtual-time horizon, [1] watchdog deadline (real ms)
     this.ctl = new Int32Array(this.ctlSab);
     this.ring = new Uint8Array(this.ringSab);
     this.horizon = new Float64Array(this.horizonSab);
@@ -171,6 +171,7 @@ class Board {
     this.resetReason = cause;
     this.boots++;
     Atomics.store(this.ctl, 1, Atomics.load(this.ctl, 0)); // input typed before the reset is gone
+    this.horizon[1] = 0; // the watchdog is off after any reset until firmware arms it again
     const c = CAUSES[cause] || CAUSES.hard;
     this.output(Buffer.from(`\r\n${c.rom}\r\n`, 'latin1'));
     const w = new Worker(WORKER, {
@@ -246,6 +247,9 @@ class Board {
   // respawn the board (a hard reset, as pressing EN on a hung board).
   checkHung(now) {
     if (!this.worker) return;
+    // a watchdog armed by firmware that then hangs in a loop: the worker cannot run its own WDT timer
+    const wdtDeadline = this.horizon[1];
+    if (!this.cfg.virtual_time && wdtDeadline > 0 && now > wdtDeadline + 250) { this.horizon[1] = 0; this.spawn('wdt'); return; }
     const r = Atomics.load(this.ctl, 1);
     const w = Atomics.load(this.ctl, 0);
     let ctrlC = false;
@@ -258,6 +262,15 @@ class Board {
     switch (m.op) {
       case 'power_on': if (!this.worker) this.spawn(m.cause || 'pwron'); return { powered: true };
       case 'power_off': this.powerOff(); return { powered: false };
+      case 'power_cut': { // at an arbitrary moment: after_ms from now (real time), back on after off_ms
+        const after = Number(m.after_ms || 0);
+        const off = Number(m.off_ms ?? 50);
+        setTimeout(() => {
+          this.powerOff();
+          setTimeout(() => { if (!this.worker) this.spawn('pwron'); }, off);
+        }, after);
+        return { scheduled: true, after_ms: after, off_ms: off };
+      }
       case 'reset': this.spawn(m.cause || 'hard'); return { cause: m.cause || 'hard' };
       case 'serial_log': return Buffer.concat(this.log).toString('latin1');
       case 'clear_log': this.log = []; this.logLen = 0; return true;

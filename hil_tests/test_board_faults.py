@@ -1,0 +1,49 @@
+"""Emulator-only faults on a real-time board: a hung firmware and its watchdog, a scheduled power cut."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import serial
+
+from hil_tests.emulator.board import EmulatedBoard
+from hil_tests.plugin import Repl
+
+pytestmark = pytest.mark.emulator_only
+
+
+def test_watchdog_resets_firmware_stuck_in_a_busy_loop(board_factory: Callable[..., EmulatedBoard]) -> None:
+    b = board_factory()
+    with serial.Serial(b.repl_port, 115200, timeout=2) as s:
+        s.write(b"from machine import WDT\r")
+        s.read_until(b">>> ")
+        s.write(b"w = WDT(timeout=500)\r")
+        s.read_until(b">>> ")
+        s.write(b"while True: pass\r\r")  # never feeds, never sleeps: only the host can see the deadline
+    b.wait_booted(boots=2, timeout=10)
+    assert b.status()["reset_reason"] == "wdt"
+    r = Repl(b.repl_port)
+    assert r.eval("__import__('machine').reset_cause()") == 3
+    r.close()
+
+
+def test_power_cut_in_the_middle_of_a_file_write(board_factory: Callable[..., EmulatedBoard]) -> None:
+    b = board_factory()
+    r = Repl(b.repl_port)
+    r.exec("with open('log.txt', 'w') as f:\n    f.write('old')\n")
+    r.close()
+    # the firmware rewrites the file slowly; the power goes away while it is open
+    with serial.Serial(b.repl_port, 115200, timeout=2) as s:
+        s.write(b"import time\r")
+        s.read_until(b">>> ")
+        b.power_cut(after_seconds=0.4, off_seconds=0.1)
+        s.write(b"f = open('log.txt', 'w'); f.write('new, half'); print('WRITING'); time.sleep(2); f.close()\r")
+    b.wait_booted(boots=2, timeout=10)
+    log = b.serial_log
+    assert log.index("WRITING") < log.index("POWERON_RESET", log.index("WRITING"))  # cut while open
+    assert (b.flash_dir / "log.txt").read_text() == "old"  # littlefs-like: the old file survives
+    r = Repl(b.repl_port)
+    assert r.eval("open('log.txt').read()") == "old"
+    assert r.eval("__import__('machine').reset_cause()") == 1
+    r.close()
