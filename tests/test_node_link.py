@@ -1,6 +1,6 @@
 """The node's reliable link and outbox (firmware/lib/node), on the MicroPython VM and on CPython.
 
-Each scenario in test_node_link_scenarios.py drives a real node.link.Link against a minimal gateway built
+Each scenario in node_link_scenarios.py drives a real node.link.Link against a minimal gateway built
 from cewire (Receiver + Encoder) over an in-memory serial pair, on virtual time, and returns facts that the
 tests below check. The same scenarios run on the real MicroPython VM (one session) and on CPython.
 """
@@ -18,7 +18,7 @@ import pytest
 
 from hil_tests.emulator.runner import FIRMWARE_LIB, MicroPythonSession
 
-SCENARIOS = Path(__file__).with_name("test_node_link_scenarios.py")
+SCENARIOS = Path(__file__).with_name("node_link_scenarios.py")
 NAMES = ["alarm_overtakes", "lossy", "commands_time", "cmd_across_reboot", "reboot", "bounds", "power_cuts"]
 
 
@@ -44,7 +44,7 @@ def mpy_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def cpy_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     sys.path.insert(0, str(FIRMWARE_LIB))
     try:
-        from tests import test_node_link_scenarios as h
+        from tests import node_link_scenarios as h
 
         root = tmp_path_factory.mktemp("cpy")
         scen: dict[str, Callable[[str], Any]] = {n: getattr(h, f"scenario_{n}") for n in NAMES}
