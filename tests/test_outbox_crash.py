@@ -67,8 +67,10 @@ def test_sigkill_at_random_moments_loses_nothing_durable(tmp_path: Path) -> None
         assert proc.stdout.readline().strip() == "READY"
         time.sleep(rnd.uniform(0.02, 0.35))
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
-        assert proc.returncode == -signal.SIGKILL
+        # read through the same buffered reader as the READY line: communicate(timeout=...) would read the
+        # pipe's fd directly and miss what that reader had already buffered (and we would "lose" its lines)
+        out = proc.stdout.read()
+        assert proc.wait(timeout=10) == -signal.SIGKILL
         complete = out[: out.rfind("\n") + 1]  # a line cut by the kill is not a report
         for line in complete.splitlines():
             parts = line.split()
