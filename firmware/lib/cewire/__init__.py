@@ -22,9 +22,11 @@ Public API (stable; names are kept when it grows)::
     cobs_encode(data) -> bytes (with delimiter); cobs_decode(block) -> bytes
     StreamDecoder(max_frame=MAX_FRAME).feed(chunk) -> [frame bytes]; .feed_into(buf, n, on_frame)
         .frames .errors .error_codes
-    ReplayWindow(): .check(seq) raises E_REPLAY; .mark(seq, base) -> skipped; .cum .top
-    Receiver(keyring): .verify(buf) -> Frame (MAC + replay, no state change) ; .commit(frame) -> cum ;
-        .acks(node_id) -> {channel: cum} ; .counts ; .export()/.restore()
+    ReplayWindow(): .check(seq) raises E_REPLAY; .seen(seq); .mark(seq, base) -> skipped; .advance(base);
+        .cum .top
+    Receiver(keyring): .verify(buf) -> Frame (MAC + replay; a duplicate may only advance cum by its base) ;
+        .commit(frame) -> cum ; .acks(node_id) -> {channel: cum} ; .counts (by error name, "ok") ;
+        .skipped (numbers given up by nodes, per node) ; .forget(node_id) ; .export()/.restore()
     cbor.dumps(obj) / cbor.loads(buf)
     payloads: hello(...)/parse_hello, data({L_*: int})/data_batch/parse_data, event(code, state, ...)/parse_event,
         ack({ch: cum})/parse_ack, cmd(id, op, args, exp)/parse_cmd, cmd_ack(id, status, text)/parse_cmd_ack,
@@ -34,7 +36,8 @@ Public API (stable; names are kept when it grows)::
 Gateway, per frame from a node:  f = rx.verify(buf) → make durable → cum = rx.commit(f) →
     send encode_frame(T_ACK, f.node_id, gw_seq, now, flags_for(CH_CTRL), payloads.ack(rx.acks(f.node_id)), key)
     On WireError E_REPLAY the frame is a duplicate: drop it and answer with the current ACK.
-Node: node.link.Link does all of this (outbox, retransmission, ACK/TIME/CMD handling).
+    Gateway CMD retransmissions are new frames (fresh seq, same command id): nodes run an id once (§7.5).
+Node: node.link.Link does all of this (outbox, retransmission, ACK/TIME/CMD handling), see docs/protocol.md §10.
 """
 
 from cewire import cbor, codes, payloads
