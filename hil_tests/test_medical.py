@@ -321,3 +321,98 @@ def test_safe_mode_after_repeated_boot_failures(tmp_path: Path) -> None:
         pulses = tones(board, t0)
         assert pulses and {hz for _, hz in pulses} == {MEDIUM_HZ}, "technical alarm, medium priority"
         assert len(led_edges(board, t0)) >= 18, "LED flashing at 0.5 Hz"
+
+
+def test_technical_alarms_no_pulse_battery_sensor_and_temp_low(tmp_path: Path) -> None:
+    board, gw = _start(tmp_path, settle_s=20)
+    try:
+        start = len(gw.records)
+
+        def raised(name: str) -> list[Any]:
+            return [e for e in _events_since(gw, start) if e[:2] == (name, "raised")]
+
+        board.hw.set("max30102", perfusion_pct=0.0)  # probe on, no pulsation
+        t0 = board.now()
+        ev = _until(board, gw, lambda: raised("no_pulse"), 20)
+        assert ev[0][2] == cewire.PRIO_MEDIUM and board.now() - t0 >= 5
+        esc = _until(board, gw, lambda: [e for e in _events_since(gw, start) if e[:2] == ("no_pulse", "escalated")], 20)
+        assert esc[0][2] == cewire.PRIO_HIGH and 14 <= _event_ts(gw, esc[0][3]) - _event_ts(gw, ev[0][3]) <= 16
+        board.hw.set("max30102", perfusion_pct=2.0)
+        board.hw.set("battery", volts=3.3)
+        board.hw.set("max30205", celsius=34.2)
+        bat = _until(board, gw, lambda: raised("low_battery"), 20)
+        assert bat[0][2] == cewire.PRIO_LOW
+        tl = _until(board, gw, lambda: raised("temp_low"), 45)
+        assert tl[0][2] == cewire.PRIO_LOW
+        board.hw.set("max30102", attached=False)  # the sensor stops answering on the bus
+        sf = _until(board, gw, lambda: raised("sensor_failure"), 5)
+        assert sf[0][2] == cewire.PRIO_MEDIUM
+        board.hw.set("max30102", attached=True)
+        board.hw.set("battery", volts=3.9)
+        board.hw.set("max30205", celsius=36.8)
+        run(board, gw, 45, step=1)
+        names = [e[:2] for e in _events_since(gw, start)]
+        assert ("no_pulse", "cleared") in names and ("low_battery", "cleared") in names
+        assert ("temp_low", "cleared") in names
+        assert ("sensor_failure", "cleared") not in names, "latching: held until acknowledged"
+        assert vitals(gw)[-1].hr is not None, "the sensor was re-initialised"
+        gw.command(51, "ack", {"alarm": "sensor_fail"})
+        run(board, gw, 2, step=1)
+        assert ("sensor_failure", "cleared") in [e[:2] for e in _events_since(gw, start)]
+    finally:
+        gw.close()
+        board.close()
+
+
+def test_config_validation_forged_commands_and_watchdog(tmp_path: Path) -> None:
+    board = medical_board(tmp_path, settings={"profile": "newborn", "fs": 75, "limits": {"pr_high": 999}})
+    with board:
+        board.wait_booted(timeout=20)
+        gw = gateway(board)
+        try:
+            gw.time_sync(board.now())
+            run(board, gw, 5, step=1)
+            info = [P.parse_event(r.body) for r in gw.of_type(cewire.T_EVENT)]
+            bad = [e for e in info if e["code"] == cewire.codes.CONFIG_INVALID]
+            assert bad and "fs" in bad[0]["text"], "an invalid setting is reported, with its key"
+            assert "medical.json: fs: must be 50 or 100" in board.serial_log
+            assert "limits.pr_high" in board.serial_log
+            assert board.hw.device("max30102")["rate_hz"] == 100, "the default is used"
+            # a command under the wrong key is dropped unanswered and changes nothing
+            forger = gateway(board)
+            forger.k = cewire.Key(bytes(32), 1)
+            forger.seq = 1000
+            forger.command(61, "set_profile", {"profile": "adult"})
+            run(board, gw, 3, step=1)
+            assert 61 not in gw.cmd_acks()
+            assert "adult" not in (board.flash_dir / "medical.json").read_text()
+            forger.close()
+            # watchdog: a task that stops reporting resets the board; the next HELLO says why
+            gw.command(62, "wdt_test", {})
+            run(board, gw, 25, step=1)
+            hellos = gw.hellos()
+            assert len(hellos) == 2 and hellos[1]["reset"] == P.RESET_WDT and hellos[1]["boot"] == hellos[0]["boot"] + 1
+        finally:
+            gw.close()
+
+
+def test_fifo_overflow_is_detected(tmp_path: Path) -> None:
+    from hil_tests.plugin import Repl
+
+    with medical_board(tmp_path) as board:
+        board.wait_booted(timeout=20)
+        repl = Repl(board.repl_port)  # interrupts the app: the FIFO is no longer drained
+        try:
+            repl.exec("import board as B\nfrom machine import I2C\nfrom drivers.max30102 import MAX30102\n"
+                      "from array import array\ns = MAX30102(I2C(B.I2C_ID), B.ADDR_MAX30102)\ns.start()\n"
+                      "r = array('i', [0] * 32)\ni = array('i', [0] * 32)")
+            board.advance(0.2)
+            assert repl.eval("(s.read_into(r, i), s.last_lost)") == (20, 0)
+            board.advance(1.0)  # 100 samples into a 32-sample FIFO
+            n, lost = repl.eval("(s.read_into(r, i), s.last_lost)")
+            assert n == 32 and lost == 31, "overflow counter (saturates at 31) reported by the driver"
+            assert board.hw.device("max30102")["samples_lost"] == 68
+            assert repl.eval("s.lost") >= 31 and repl.eval("s.overflows") == 1
+            assert 100_000 < repl.eval("i[31]") < 130_000
+        finally:
+            repl.close()

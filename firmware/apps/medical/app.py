@@ -117,6 +117,7 @@ class MedicalNode:
         self.heap_peak = 0  # highest gc.mem_alloc() seen at the 1 s tick (live + garbage since the last collect)
         self.heap_live_peak = 0  # highest live heap right after a collection
         self.heap_boot = 0  # live heap once the node is built
+        self.wdt_test = False
 
     # -- clock ------------------------------------------------------------------------------------------
     def now_ms(self):
@@ -317,6 +318,10 @@ class MedicalNode:
             self.alarms.pause_audio(now, s * 1000)
             self.report_events(self.alarms.drain())
             return payloads.CS_OK, ""
+        if op == "wdt_test":
+            # maintenance self-test: the acquisition task stops reporting; the watchdog must reset the board
+            self.wdt_test = True
+            return payloads.CS_OK, ""
         return payloads.CS_UNKNOWN, op
 
     def _save(self):
@@ -358,7 +363,8 @@ def _cond_index(name):
 async def _acquire_task(node, wd):
     while True:
         node.acquire()
-        wd.beat(_S_ACQ)
+        if not node.wdt_test:
+            wd.beat(_S_ACQ)
         await asyncio.sleep_ms(100)
 
 
