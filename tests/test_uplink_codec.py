@@ -86,3 +86,25 @@ def test_malformed_payloads_raise_payload_error(payload: bytes) -> None:
 def test_one_priority_per_batch() -> None:
     with pytest.raises(ValueError, match="one priority"):
         codec.encode_batch("gw", "e", [stored(0, {}), stored(1, {}, Priority.ALARM)])
+
+
+def test_docs_tables_match_the_codec() -> None:
+    """docs/uplink.md is the contract: its label tables must be the ones the code uses."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "uplink.md").read_text()
+    measures = {
+        m.group(2): (int(m.group(1)), int(m.group(3).replace("−", "-")))
+        for m in re.finditer(r"^\s*\| (\d+) \| (\w+) \| [^|]* \| (−?\d+) \|$", text, re.M)
+    }
+    assert measures == codec.MEASURES
+    keys = {
+        key: int(label.replace("−", "-"))
+        for label, key in re.findall(r"\| (−\d+) \| (\w+) ", text)
+    }
+    assert keys == codec.KEY_LABEL
+    kinds = re.search(r"— 0 telemetry, (.*?) — or text", text, re.S)
+    assert kinds is not None
+    listed = ["telemetry"] + [w.split()[-1] for w in kinds.group(1).replace("\n", " ").split(",")]
+    assert tuple(listed) == codec.KINDS

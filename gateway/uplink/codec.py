@@ -8,7 +8,8 @@ Compact CBOR, in short: one map per batch with small integer keys; events are 5-
 the node protocol (``cewire.payloads.FIELDS``: ``lux``, ``power``, ``spo2`` …) travel as their integer label
 with the value as an integer scaled by the field's power of ten, other well-known keys as small negative
 integers (:data:`KEYS`), anything else as text. Values that a scaled integer cannot carry exactly keep
-their text key and their own value, so the encoding is lossless.
+their text key and their own value, so the encoding is lossless. A record time ``t`` (integer unix seconds)
+travels as label 6, relative to its event's second.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ B_VERSION, B_GATEWAY, B_EPOCH, B_PRIO, B_BASE_MS, B_SOURCES, B_EVENTS = range(7)
 # SenML-style measurement names → (label, decimal scale), from the node protocol (docs/protocol.md §6.2)
 MEASURES: dict[str, tuple[int, int]] = {name: (label, scale) for label, (name, _unit, scale) in FIELDS.items()}
 MEASURE_BY_LABEL: dict[int, tuple[str, int]] = {label: (name, scale) for name, (label, scale) in MEASURES.items()}
-T_LABEL = L_T  # a record's time: unix seconds, sent relative to the batch base time (in s)
+T_LABEL = L_T  # a record's time "t" (unix s, int), sent relative to its event's second: ts_ms // 1000
 
 # other well-known body keys → negative labels (1 byte in CBOR from −1 to −24, 2 bytes to −256)
 KEYS: tuple[str, ...] = (
