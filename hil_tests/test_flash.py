@@ -325,3 +325,25 @@ def test_parallel_port_use_is_refused(work: Path, board: EmulatedBoard) -> None:
         t.start()
         t.join()
     assert errors and errors[0].exit_code == EXIT_PORT_BUSY
+
+
+@pytest.mark.emulator_only
+def test_real_streetlight_app_builtin_selftest_finds_a_dead_lamp(work: Path, board: EmulatedBoard) -> None:
+    """The project's own streetlight app: HELLO on the link, then the tool's lamp check (100 % draws power,
+    off draws none); with the lamp model failed open, the self-test names the lamp (exit 12)."""
+    r = run(job(work, board, FIRMWARE, role="streetlight", node_id=1002, link_port=board.link_port))
+    assert r["result"] == "ok", r
+    assert r["verify"]["hello"]["node_id"] == 1002
+    st = r["verify"]["selftest"]
+    assert st["source"] == "cityedge flash" and st["lamp_100"]["ok"] and st["lamp_100"]["on_mw"] > 1000
+    # the lamp fails open once the node is up (a fault set earlier would not survive the reboot's respawn)
+
+    def fail_lamp(step: str, frac: float) -> None:
+        if step == "self-test":
+            board.hw.set("lamp", health="open")
+
+    try:
+        bad = run_job(job(work, board, FIRMWARE, role="streetlight", node_id=1002), progress=fail_lamp)
+    finally:
+        board.hw.set("lamp", health="ok")
+    assert bad["result"] == "failed" and bad["exit_code"] == EXIT_SELFTEST and "lamp_100" in bad["error"], bad

@@ -5,8 +5,9 @@ verified with cewire on CPython). Without a link port the console is watched ins
 ``slot <x>`` line and no failure for ``settle`` seconds. A rollback or safe mode is a failure that says
 what the node is running now.
 
-Self-test contract: an app package may define ``selftest()`` (or an ``async`` one) returning a dict of
-named checks; ``False`` or a dict ``{"ok": False, ...}`` fails a check.
+Self-test: the app's own ``selftest()`` (or an ``async`` one) returning a dict of named checks when it has
+one, else the tool's built-in checks for the role (tools/flash/selftest.py); ``False`` or a dict
+``{"ok": False, ...}`` fails a check.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cityedge.manifest import NodeRecord
 from tools.flash.board import Board
 from tools.flash.errors import EXIT_BOOT, EXIT_SELFTEST, FlashError
 from tools.flash.ports import open_port
+from tools.flash.selftest import BUILTIN, failed_checks
 from tools.flash.transport import RawRepl
 
 _ROLLBACK = re.compile(r"bootmgr: ROLLBACK to slot (\w)")
@@ -142,13 +144,17 @@ def confirm_and_selftest(board: Board, repl: RawRepl, role: str, *, run_selftest
         "hasattr(asyncio,'run'),None if _c else _r]))",
         what="running the self-test", timeout=60)
     if kind == "absent":
-        return {"status": "not provided by the app"}
+        if role not in BUILTIN:
+            return {"status": "no self-test for this role"}
+        result = board.call_json(BUILTIN[role], what="running the self-test", timeout=60)
+        result = {"source": "cityedge flash", **result} if isinstance(result, dict) else {"result": result}
+        kind = "done"
     if kind == "coro":
         code = "r=asyncio.run(_r)" if has_run else "r=await _r"
         result = board.call_json(f"{code}\nprint(json.dumps(r))", what="running the self-test", timeout=60)
     if not isinstance(result, dict):
         result = {"result": result}
-    failed = [k for k, v in result.items() if v is False or (isinstance(v, dict) and v.get("ok") is False)]
+    failed = failed_checks(result)
     if failed:
         raise FlashError(f"self-test failed: {', '.join(failed)}", port=repl.port, exit_code=EXIT_SELFTEST,
                          hint="check the wiring of the failed parts (lamp driver, sensors) and run again")
