@@ -1,7 +1,7 @@
 # Runs at every reset, also before the raw REPL: make the active app slot importable. Counts nothing.
 # Never let a problem here block the REPL the flashing tool needs.
 try:
-    import bootmgr
+    import bootmgr  # type: ignore[import-not-found]  # /lib/bootmgr.py on the board
 
     bootmgr.prepare_path()
 except Exception as e:  # noqa: BLE001

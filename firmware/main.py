@@ -2,6 +2,6 @@
 # rolls back a new app that keeps failing, and runs <role>.main() from the active slot (or safe mode).
 import asyncio
 
-import bootmgr
+import bootmgr  # type: ignore[import-not-found]  # /lib/bootmgr.py on the board
 
 asyncio.run(bootmgr.start())

@@ -28,7 +28,7 @@ try:
     from micropython import const
 except ImportError:  # CPython (tests)
 
-    def const(x):  # type: ignore[no-redef]
+    def const(x):  # type: ignore[misc,unused-ignore]
         return x
 
 
