@@ -93,6 +93,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+class BoardExecError(AssertionError):
+    """Code run on the board raised; the message is the board's own traceback."""
+
+    def __init__(self, traceback: str, stdout: str = "") -> None:
+        super().__init__(f"the board raised:\n{traceback}" + (f"\n--- it printed ---\n{stdout}" if stdout else ""))
+        self.traceback = traceback
+        self.stdout = stdout
+
+
 class Repl:
     """The board's REPL driven by stock mpremote (raw REPL, raw-paste): ``exec`` returns stdout."""
 
@@ -104,12 +113,10 @@ class Repl:
         self._t.enter_raw_repl(soft_reset=False)
 
     def exec(self, code: str, timeout: float = 10.0) -> str:
-        """Run ``code`` on the board; return what it printed. A board exception raises ``AssertionError``."""
-        from mpremote.transport import TransportExecError
-
+        """Run ``code`` on the board; return what it printed. A board exception raises :class:`BoardExecError`."""
         out, err = self._t.exec_raw(code, timeout=timeout)
         if err:
-            raise TransportExecError(out, err.decode("utf-8", "replace"))
+            raise BoardExecError(err.decode("utf-8", "replace"), bytes(out).decode("utf-8", "replace"))
         return bytes(out).decode("utf-8", "replace").replace("\r\n", "\n")
 
     def eval(self, expr: str, timeout: float = 10.0) -> Any:

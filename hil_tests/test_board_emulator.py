@@ -10,7 +10,7 @@ import pytest
 import serial
 
 from hil_tests.emulator.board import Board, EmulatedBoard
-from hil_tests.plugin import Repl
+from hil_tests.plugin import BoardExecError, Repl
 
 pytestmark = [pytest.mark.board(role="bare", virtual_time=True, start_time=1_750_000_000), pytest.mark.emulator_only]
 
@@ -77,6 +77,13 @@ def test_pir_irq_battery_adc_thermometer(board: Board, sensors: Any, repl: Repl)
     sensors.set("max30205", celsius=38.25)
     raw = repl.eval("int.from_bytes(__import__('machine').I2C(0).readfrom_mem(0x48, 0, 2), 'big')")
     assert raw / 256 == 38.25
+
+
+def test_board_exceptions_come_back_with_the_board_traceback(repl: Repl) -> None:
+    with pytest.raises(BoardExecError, match="ZeroDivisionError"):
+        repl.exec("print('before')\n1 / 0")
+    with pytest.raises(BoardExecError, match=r"\[Errno 2\] ENOENT"):  # board errno values, not Emscripten's
+        repl.exec("open('/no/such/file')")
 
 
 def test_virtual_time_runs_an_hour_of_asyncio_exactly(board: Board, repl: Repl) -> None:
