@@ -273,6 +273,45 @@ def scenario_cmd_across_reboot(root):
     }
 
 
+async def scenario_async_run(root):
+    """Link.run() as an asyncio task (real time, short timeouts); app callbacks that raise do not stop it."""
+    try:
+        import asyncio
+    except ImportError:  # pragma: no cover
+        import uasyncio as asyncio  # type: ignore
+
+    fresh(root)
+    node_port, gw_port = pair()
+    ob = Outbox(root, quotas=(16, 64), seg_records=8)
+
+    def bad_callback(*args):
+        raise ValueError("app bug")
+
+    link = Link(node_port, NODE, (KEY, 0), ob, on_time=bad_callback, rto_ms=30, rto_max_ms=200, lost_ms=5000,
+                poll_ms=5)
+    gw = Gateway(gw_port)
+    task = asyncio.create_task(link.run())
+    link.hello("medical", "1.0", 1, 1)
+    for i in range(10):
+        link.data({p.L_HR: 600 + i})
+    link.event(80, priority=w.PRIO_MEDIUM)
+    gw.send(w.T_TIME, p.time_sync(1763700000))
+    for _ in range(300):
+        gw.step()
+        await asyncio.sleep(0.01)
+        if link.backlog() == (0, 0) and len(gw.got) >= 12:
+            break
+    link.stop()
+    await task
+    return {
+        "backlog": list(link.backlog()),
+        "got": len(gw.got),
+        "first_types": [w.TYPE_NAMES[g[0]] for g in gw.got[:2]],
+        "errors": link.stats["errors"],
+        "clock_set": link.now() >= 1763700000,
+    }
+
+
 def scenario_reboot(root):
     """The node reboots with a backlog: nothing is lost, numbers are not reused, the gateway accepts them."""
     fresh(root)

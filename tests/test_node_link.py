@@ -7,6 +7,7 @@ tests below check. The same scenarios run on the real MicroPython VM (one sessio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sys
@@ -37,6 +38,9 @@ def mpy_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         for name in NAMES:
             res = mp.run(f"print(json.dumps(h.scenario_{name}('/w_{name}')))").check()
             out[name] = json.loads(res.stdout)
+        res = mp.run("print(json.dumps(await h.scenario_async_run('/w_async')))").check()
+        assert "link: callback ValueError: app bug" in res.stdout  # the app's error is said, not hidden
+        out["async_run"] = json.loads(res.stdout.splitlines()[-1])
     return out
 
 
@@ -48,7 +52,9 @@ def cpy_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
         root = tmp_path_factory.mktemp("cpy")
         scen: dict[str, Callable[[str], Any]] = {n: getattr(h, f"scenario_{n}") for n in NAMES}
-        yield {n: _jsonish(f(str(root / n))) for n, f in scen.items()}
+        out = {n: _jsonish(f(str(root / n))) for n, f in scen.items()}
+        out["async_run"] = _jsonish(asyncio.run(h.scenario_async_run(str(root / "async"))))
+        yield out
     finally:
         sys.path.remove(str(FIRMWARE_LIB))
 
@@ -132,6 +138,14 @@ def test_power_cut_at_any_point_of_put_and_ack(results: dict[str, Any]) -> None:
     r = results["power_cuts"]
     assert r["runs"] >= 200 and r["cuts"] == r["runs"]
     assert r["failures"] == []
+
+
+def test_link_runs_as_an_asyncio_task_and_survives_app_errors(results: dict[str, Any]) -> None:
+    r = results["async_run"]
+    assert r["backlog"] == [0, 0] and r["got"] == 12
+    assert r["first_types"] == ["HELLO", "EVENT"]  # the event went before the 10 telemetry records
+    assert r["errors"] == 1  # the app's TIME callback raised; the link went on
+    assert r["clock_set"] is True
 
 
 def test_streetlight_default_quota_holds_24h_of_telemetry() -> None:

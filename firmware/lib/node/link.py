@@ -46,12 +46,13 @@ except ImportError:  # CPython: the same API on the monotonic clock
 from cewire import cbor, payloads
 from cewire.cobs import StreamDecoder
 from cewire.encoder import Encoder
-from cewire.errors import WireError
+from cewire.errors import E_OVERSIZE, WireError
 from cewire.frame import (
     CH_BULK,
     CH_CTRL,
     DIR_DOWN,
     MAX_FRAME,
+    MAX_PAYLOAD,
     T_ACK,
     T_CMD,
     T_CMD_ACK,
@@ -74,6 +75,7 @@ except ImportError:  # CPython
         return x
 
 
+_MAX_READS = const(8)  # UART reads (of 64 bytes) per poll
 _CMD_MEMORY = const(16)  # executed command ids remembered for duplicate suppression
 _SPAN = const(32)  # only records with seq < base + _SPAN are sent (half the receiver's 64-entry window)
 # in-flight entry fields
@@ -150,7 +152,7 @@ class Link:
         self._running = False
         self._synced = False  # a 0x00 goes out before the first frame: boot noise cannot glue onto it
         self._dirty = True  # something may be sendable without waiting for a timeout
-        self.stats = {"sent": 0, "retx": 0, "acked": 0, "rx": 0, "rx_bad": 0, "cmds": 0, "cmd_dups": 0}
+        self.stats = {"sent": 0, "retx": 0, "acked": 0, "rx": 0, "rx_bad": 0, "cmds": 0, "cmd_dups": 0, "errors": 0}
 
     @staticmethod
     def _newest_key(ring):
@@ -169,6 +171,8 @@ class Link:
     # --- queueing (app side)
     def send(self, ftype: int, payload, priority: int = 0, ts: int = -1) -> int:
         """Store a record in the outbox (durable) and queue it; return its seq. May raise OutboxFull."""
+        if len(payload) > MAX_PAYLOAD:
+            raise WireError(E_OVERSIZE, "payload of %d bytes (max %d)" % (len(payload), MAX_PAYLOAD))
         ch = channel_of(ftype)
         if ts < 0:
             ts = self.now()
@@ -289,8 +293,7 @@ class Link:
         if not self.gateway_up:
             self.gateway_up = True
             self._resend_now()
-            if self.on_link is not None:
-                self.on_link(True)
+            self._call(self.on_link, True)
         t = f.ftype
         try:
             if t == T_ACK:
@@ -302,13 +305,22 @@ class Link:
                 self._t0 = s
                 self._tick0 = ticks_add(self._ticks(), -ms)
                 self.tz_min = tz
-                if self.on_time is not None:
-                    self.on_time(s, ms, tz)
+                self._call(self.on_time, s, ms, tz)
             elif t == T_CMD:
                 self.outbox.seq.accept_rx(f.seq, True)  # a command is executed once, even across a reboot
                 self._on_cmd(f.body)
         except WireError:
             self.stats["rx_bad"] += 1
+
+    def _call(self, cb, *args) -> None:
+        # the app's callbacks must not take the link down
+        if cb is None:
+            return
+        try:
+            cb(*args)
+        except Exception as e:  # noqa: BLE001
+            self.stats["errors"] += 1
+            print("link: callback %s: %s" % (type(e).__name__, e))
 
     def _on_ack(self, acks) -> None:
         for ch, cum in acks.items():
@@ -368,7 +380,7 @@ class Link:
 
         ``run()`` calls this every ``poll_ms``; a test or a bare loop may call it directly.
         """
-        while True:
+        for _ in range(_MAX_READS):  # bounded: a flooded line cannot starve the other tasks
             got = self.uart.readinto(self._rbuf)
             if not got:
                 break
@@ -376,15 +388,19 @@ class Link:
         now = self._ticks()
         if self.gateway_up and ticks_diff(now, self._last_rx) >= self.lost_ms:
             self.gateway_up = False
-            if self.on_link is not None:
-                self.on_link(False)
+            self._call(self.on_link, False)
         return self._service(now)
 
     async def run(self) -> None:
-        """Serve the link until ``stop()``."""
+        """Serve the link until ``stop()``. An error in one pass (e.g. a flash write failing) is counted in
+        ``stats["errors"]`` and printed, and the link goes on: it must outlive a bad moment."""
         self._running = True
         while self._running:
-            self.poll()
+            try:
+                self.poll()
+            except Exception as e:  # noqa: BLE001
+                self.stats["errors"] += 1
+                print("link: %s: %s" % (type(e).__name__, e))
             await _sleep_ms(self.poll_ms)
 
     def stop(self) -> None:
