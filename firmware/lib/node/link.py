@@ -67,6 +67,8 @@ from cewire.frame import (
 )
 from cewire.replay import ReplayWindow
 
+from node.outbox import OutboxFull
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -170,13 +172,20 @@ class Link:
 
     # --- queueing (app side)
     def send(self, ftype: int, payload, priority: int = 0, ts: int = -1) -> int:
-        """Store a record in the outbox (durable) and queue it; return its seq. May raise OutboxFull."""
+        """Store a record in the outbox (durable) and queue it; return its seq.
+
+        Raises OutboxFull when the event quota is reached or the flash write fails (nothing was stored: the
+        app keeps signalling locally and may try again later).
+        """
         if len(payload) > MAX_PAYLOAD:
             raise WireError(E_OVERSIZE, "payload of %d bytes (max %d)" % (len(payload), MAX_PAYLOAD))
         ch = channel_of(ftype)
         if ts < 0:
             ts = self.now()
-        seq = self.outbox.put(ch, ftype, priority, ts, payload)
+        try:
+            seq = self.outbox.put(ch, ftype, priority, ts, payload)
+        except OSError as e:  # flash full or failing: one exception type for the app to handle
+            raise OutboxFull("outbox write failed: %s" % e)
         self._dirty = True
         self._prune(ch)
         fl = self._inflight[ch]
