@@ -90,16 +90,12 @@ class NodeRecord:
 
     def node_config(self) -> dict[str, Any]:
         """The node's ``/node.json``: what the firmware needs to run and to sign its frames."""
-        return {
-            "node_id": self.node_id,
-            "role": self.role,
-            "site": self.site,
-            "lat": self.lat,
-            "lon": self.lon,
-            "link": dict(self.link),
-            "key_id": self.key_id,
-            "key": self.key.hex(),
-        }
+        public = self.public_dict()
+        return {**{k: public[k] for k in NODE_CONFIG_KEYS}, "key": self.key.hex()}
+
+
+# what goes into /node.json (firmware/lib/node/config.py, PROVISIONING) besides the key
+NODE_CONFIG_KEYS = ("node_id", "role", "site", "lat", "lon", "link", "key_id")
 
 
 def _bad(path: Path, key: str, problem: str) -> ConfigError:

@@ -19,21 +19,9 @@ from tools.flash.board import Board
 from tools.flash.deploy import Image, build_image, deploy, provision_board
 from tools.flash.transport import BoardException
 
-WIPE = """
-import os
-def _rm(p):
-    try:
-        l = list(os.ilistdir(p))
-    except OSError:
-        try: os.remove(p)
-        except OSError: pass
-        return
-    for e in l: _rm(p + '/' + e[0])
-    try: os.rmdir(p)
-    except OSError: pass
-for p in ('/app_a', '/app_b', '/lib', '/boot.py', '/main.py', '/boot.json', '/node.json', '/boot.json.tmp'):
-    _rm(p)
-"""
+# the tool's own helper _R (remove a file or a tree) clears what a previous test left
+WIPE = "\n".join(f"_R({p!r})" for p in ("/app_a", "/app_b", "/lib", "/boot.py", "/main.py", "/boot.json",
+                                          "/node.json", "/boot.json.tmp"))
 
 
 class VmRepl:
@@ -65,8 +53,9 @@ def session() -> Iterator[MicroPythonSession]:
 
 @pytest.fixture
 def board(session: MicroPythonSession) -> Board:
-    assert session.run(WIPE).ok
-    return Board(VmRepl(session))
+    b = Board(VmRepl(session))
+    b.run(WIPE, what="wiping")
+    return b
 
 
 def _image(board: Board, role: str = "streetlight") -> Image:

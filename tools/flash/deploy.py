@@ -243,7 +243,7 @@ def deploy(board: Board, info: BoardInfo, image: Image, *, max_tries: int = MAX_
     result.hashes.update({p: _sha(d) for p, d in image.fixed.items()})
     result.wire_bytes = board.repl.tx_bytes + board.repl.rx_bytes - wire0
     result.seconds = time.monotonic() - t0
-    say("done", 1.0)
+    say("deployed", 1.0)
     return result
 
 

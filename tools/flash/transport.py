@@ -230,23 +230,22 @@ class RawRepl:
             self._write(data[i : i + n])
             window -= n
             i += n
-        self._write(b"\x04")
         # the board confirms the end of the code with \x04 (flow-control \x01s may come first)
-        try:
-            self.read_until(b"\x04", timeout=self.timeout)
-        except TimeoutError as exc:
-            raise FlashError("the board did not confirm the code", port=self.port, exit_code=EXIT_NO_REPL,
-                             hint=NO_REPL_HINT) from exc
+        self._end_code(b"\x04")
 
     def _raw(self, data: bytes) -> None:
         for i in range(0, len(data), 256):
             self._write(data[i : i + 256])
             time.sleep(0.01)  # plain raw mode has no flow control: give the board time to take it
+        self._end_code(b"OK")
+
+    def _end_code(self, answer: bytes) -> None:
+        """Send the end of the code (Ctrl-D) and wait for the board's ``answer`` to it."""
         self._write(b"\x04")
         try:
-            self.read_until(b"OK", timeout=self.timeout)
+            self.read_until(answer, timeout=self.timeout)
         except TimeoutError as exc:
-            raise FlashError("the board did not accept code", port=self.port, exit_code=EXIT_NO_REPL,
+            raise FlashError("the board did not take the code", port=self.port, exit_code=EXIT_NO_REPL,
                              hint=NO_REPL_HINT) from exc
 
     # --- resets -----------------------------------------------------------------------------------
