@@ -1,5 +1,6 @@
-"""Wire protocol throughput: encode+sign and verify+decode per second, on CPython (one core) and on the
-MicroPython VM, unframed and COBS stream-framed, plus MicroPython heap bytes allocated per encoded frame.
+"""Wire protocol throughput: encode+sign and verify+decode per second, on CPython (per CPU second of one
+core) and on the MicroPython VM (wall clock inside the VM), unframed and COBS stream-framed, plus the
+MicroPython heap bytes allocated per encoded frame.
 
     python benchmarks/wire.py [--quick]
 
@@ -31,16 +32,17 @@ TELEMETRY = {p.L_LEVEL: 505, p.L_POWER: 423, p.L_VOLTAGE: 2301, p.L_CURRENT: 184
 
 
 def rate(fn: Callable[[int], None], seconds: float) -> float:
-    """Calls per second of fn(i), run in batches for about ``seconds``; best of three batches."""
+    """Calls per CPU second of fn(i) (process time: one core, whatever else the machine runs), in batches of
+    about ``seconds``/3; best of three batches."""
     best = 0.0
     for _ in range(3):
         n = 0
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         while True:
             for _ in range(200):
                 fn(n)
                 n += 1
-            dt = time.perf_counter() - t0
+            dt = time.process_time() - t0
             if dt >= seconds / 3:
                 break
         best = max(best, n / dt)
