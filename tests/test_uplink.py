@@ -274,3 +274,68 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
     assert 0.25 <= delays[0] <= 0.5
     assert all(15.0 <= d <= 30.0 for d in delays[7:]), "capped at 30 s, jittered over its upper half"
     assert len({round(d, 6) for d in delays[7:]}) == 5, "jitter spreads reconnecting gateways"
+
+
+class V311OnlyProxy:
+    """A stand-in for a broker that speaks only MQTT 3.1.1, in front of the real mosquitto.
+
+    mosquitto cannot be configured to refuse MQTT 5, so this proxy reads each CONNECT: protocol level 5
+    gets the 3.1.1 refusal "unacceptable protocol version" (CONNACK return code 1), anything else is
+    relayed byte for byte to the real broker.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> V311OnlyProxy:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readexactly(1)
+        length, mult, raw = 0, 1, b""
+        while True:
+            b = await reader.readexactly(1)
+            raw += b
+            length += (b[0] & 0x7F) * mult
+            mult *= 128
+            if not b[0] & 0x80:
+                break
+        body = await reader.readexactly(length)
+        level = body[2 + int.from_bytes(body[:2], "big")]
+        if level == 5:
+            self.refused += 1
+            writer.write(b"\x20\x02\x00\x01")
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_writer.write(head + raw + body)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(broker: LocalBroker, tmp_path: Path) -> None:
+    async with V311OnlyProxy(broker.port) as proxy, Collector(broker.port, client_id="ops-fb") as ops:
+        async with Outbox(tmp_path / "ob.db") as ob, Uplink(
+            settings(f"mqtt://127.0.0.1:{proxy.port}", gateway_id="gw-old"), ob
+        ) as up:
+            await up.wait_online(10)
+            await ob.put(telemetry(1))
+            await ops.wait(lambda: len(ops.events(gw="gw-old")) == 1)
+        assert proxy.refused == 1 and up.stats.protocol == "3.1.1"
