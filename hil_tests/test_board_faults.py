@@ -47,3 +47,19 @@ def test_power_cut_in_the_middle_of_a_file_write(board_factory: Callable[..., Em
     assert r.eval("open('log.txt').read()") == "old"
     assert r.eval("__import__('machine').reset_cause()") == 1
     r.close()
+
+
+def test_deep_sleep_wakes_on_the_virtual_clock(board_factory: Callable[..., EmulatedBoard]) -> None:
+    b = board_factory(virtual_time=True, start_time=1_750_000_000)
+    r = Repl(b.repl_port)
+    assert r.eval("__import__('os').uname().sysname") == "esp32"
+    r._t.serial.write(b"import machine; machine.deepsleep(60000)\x04")  # no answer: the board goes to sleep
+    r._t.serial.close()
+    b.advance(30)
+    assert b.status()["asleep"] is True
+    b.advance(40)  # wakes at +60 s, then runs 10 s of its own
+    b.wait_booted(boots=2)
+    r = Repl(b.repl_port)
+    assert r.eval("__import__('machine').reset_cause()") == 4  # DEEPSLEEP_RESET
+    assert r.eval("__import__('time').time()") == 1_750_000_070
+    r.close()

@@ -376,7 +376,7 @@ const hwApi = {
   wdt_start(ms) { if (!wdt) wdt = { timeout: Number(ms), timer: null }; wdtFeed(); },
   wdt_feed() { wdtFeed(); },
   reset() { hardReset('hard'); },
-  deepsleep(ms) { hardReset('deepsleep', { sleep_ms: Number(ms) }); },
+  deepsleep(ms) { hardReset('deepsleep', { sleep_ms: Number(ms), now_ms: clock.now() }); },
   set_rtc_offset(ms) { rtcOffsetMs = Number(ms); },
   get_rtc_offset() { return String(rtcOffsetMs); },
 };

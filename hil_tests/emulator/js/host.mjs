@@ -101,6 +101,7 @@ class Board {
     this.lastRead = 0;
     this.stuckSince = 0;
     this.boots = 0;
+    this.wakeAt = null; // virtual time: board time a deep-sleeping board wakes at
     this.resetReason = 'pwron';
     this.repl = new PtyPort(cfg.repl_fd, (d) => this.input(d));
     this.linkPort = cfg.link_fd !== undefined && cfg.link_fd !== null
@@ -182,7 +183,7 @@ class Board {
         boardId: this.id,
         flashDir: this.cfg.flash,
         virtualTime: !!this.cfg.virtual_time,
-        startTimeMs: this.cfg.virtual_time ? this.horizon[0] : undefined,
+        startTimeMs: this.cfg.virtual_time ? (opts.startMs ?? this.horizon[0]) : undefined,
         uniqueId: this.cfg.unique_id || [0, 0, 0, 0, 0, 0],
         resetCause: c.code,
         resetReason: cause,
@@ -201,6 +202,14 @@ class Board {
     w.on('error', (e) => { send({ event: 'fatal', board: this.id, text: String(e && e.stack || e) }); });
     w.on('exit', () => { if (this.worker === w) this.worker = null; });
     send({ event: 'reset', board: this.id, cause, boots: this.boots });
+  }
+
+  maybeWake() {
+    if (this.wakeAt !== null && this.wakeAt <= this.horizon[0] && !this.worker && this.powered) {
+      const at = this.wakeAt;
+      this.wakeAt = null;
+      this.spawn('deepsleep', { startMs: at });
+    }
   }
 
   kill() {
@@ -228,8 +237,10 @@ class Board {
         if (m.cause === 'deepsleep') {
           this.kill();
           const ms = m.sleep_ms || 0;
-          if (this.cfg.virtual_time) this.spawn('deepsleep');
-          else setTimeout(() => { if (!this.worker && this.powered) this.spawn('deepsleep'); }, ms);
+          if (this.cfg.virtual_time) { // wake when the host has advanced the clock past the sleep
+            this.wakeAt = (m.now_ms ?? this.horizon[0]) + ms;
+            this.maybeWake();
+          } else setTimeout(() => { if (!this.worker && this.powered) this.spawn('deepsleep'); }, ms);
         } else this.spawn(m.cause);
         break;
       case 'reply':
@@ -280,12 +291,17 @@ class Board {
       }
       case 'status':
         return { powered: this.powered, boots: this.boots, reset_reason: this.resetReason, link: { ...this.link },
+          asleep: this.wakeAt !== null,
           horizon_ms: this.horizon[0] };
       case 'advance':
         if (!this.cfg.virtual_time) throw new Error('this board runs on real time; start it with virtual_time=True');
         this.horizon[0] += Number(m.ms);
         Atomics.add(this.ctl, 2, 1);
         Atomics.notify(this.ctl, 2);
+        if (!this.worker) { // asleep or off: time passes without a CPU
+          this.maybeWake();
+          if (!this.worker) return { now_ms: this.horizon[0], asleep: true };
+        }
         return undefined; // forwarded: the worker answers when its clock got there
       default: return undefined;
     }

@@ -276,6 +276,15 @@ def _patch_asyncio():
     asyncio.StreamWriter = Stream
 
 
+def _uname():
+    from collections import namedtuple
+
+    u = namedtuple("uname_result", ("sysname", "nodename", "release", "version", "machine"))
+    ver = sys.implementation.version
+    rel = "{}.{}.{}".format(ver[0], ver[1], ver[2])
+    return u("esp32", "esp32", rel, "v" + rel + " (cityedge emulated board)", "ESP32 module (emulated) with ESP32")
+
+
 def setup():
     import builtins
 
@@ -292,6 +301,7 @@ def setup():
     vfs.mount(FlashVfs(vfs.VfsPosix("/flash")), "/")
     import os
 
+    os.uname = _uname  # the port has none; tools identify a board by it
     os.chdir("/")
     sys.path.clear()
     sys.path.extend(["", ".frozen", "/lib"])
