@@ -281,7 +281,7 @@ def _uname():
 
     u = namedtuple("uname_result", ("sysname", "nodename", "release", "version", "machine"))
     ver = sys.implementation.version
-    rel = "{}.{}.{}".format(ver[0], ver[1], ver[2])
+    rel = f"{ver[0]}.{ver[1]}.{ver[2]}"
     return u("esp32", "esp32", rel, "v" + rel + " (cityedge emulated board)", "ESP32 module (emulated) with ESP32")
 
 
