@@ -120,6 +120,7 @@ class Outbox:
 
     ``quota_bytes``: how many bytes of events may wait (see the module doc for the overflow policy).
     ``dedup_window``: how many recent origins are remembered for duplicate detection.
+    ``synchronous``: ``"full"`` (default, survives power cuts) or ``"normal"`` (survives a killed process only).
     """
 
     def __init__(
@@ -128,9 +129,13 @@ class Outbox:
         *,
         quota_bytes: int = DEFAULT_QUOTA,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
+        synchronous: str = "full",
     ) -> None:
         if quota_bytes <= 0:
             raise ValueError("quota_bytes must be positive")
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', got {synchronous!r}")
+        self.synchronous = synchronous
         self.path = Path(path)
         self.quota_bytes = quota_bytes
         self.dedup_window = dedup_window
@@ -236,7 +241,9 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit: see the module doc
+        # FULL: fsync the WAL on every commit (see the module doc). NORMAL, for media where fsync is too slow:
+        # still safe against a killed process, but a power cut may lose the last commits.
+        db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA journal_size_limit=16777216")  # truncate the WAL after checkpoints to 16 MiB
         return db

@@ -153,3 +153,16 @@ async def test_closed_or_unwritable_outbox_says_so(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(OutboxError, match="cannot open the outbox"):
         await Outbox(blocker / "sub" / "ob.db").open()
+
+
+async def test_synchronous_policy_is_applied(tmp_path: Path) -> None:
+    import sqlite3
+
+    for policy, level in (("full", 2), ("normal", 1)):
+        async with Outbox(tmp_path / f"{policy}.db", synchronous=policy) as ob:
+            assert ob._db is not None
+            assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == level
+            assert ob._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError, match="synchronous"):
+        Outbox(tmp_path / "x.db", synchronous="off")
+    assert sqlite3.sqlite_version_info >= (3, 35), "DELETE ... RETURNING needs SQLite 3.35"
