@@ -51,6 +51,7 @@ class Gateway:
         self.seq = 0
         self.got = []
         self.errors = []
+        self.key_ids = []  # type: list
         self.ack = True
 
     def send(self, ftype, payload, seq=0):
@@ -75,6 +76,7 @@ class Gateway:
                 continue
             self.rx.commit(f)
             self.got.append((f.ftype, f.channel, f.seq, f.body))
+            self.key_ids.append(f.key_id)
             n += 1
         if (n or dup) and self.ack:
             self.send(w.T_ACK, p.ack(self.rx.acks(NODE)))
@@ -310,6 +312,31 @@ async def scenario_async_run(root):
         "errors": link.stats["errors"],
         "clock_set": link.now() >= 1763700000,
     }
+
+
+def scenario_key_rotation(root):
+    """The node holds keys 0 and 1: it signs with 1; the gateway, holding both, verifies and answers."""
+    fresh(root)
+    new_key = bytes(range(100, 132))
+    ring = w.Keyring()
+    ring.add(NODE, KEY, 0)
+    ring.add(NODE, new_key, 1)
+    node_port, gw_port = pair()
+    clock = Clock()
+    link = Link(node_port, NODE, ring, Outbox(root), ticks=clock, rto_ms=50)
+    gw = Gateway(gw_port)  # signs its ACKs with key 0 (not retired yet)
+    gw.ring.add(NODE, new_key, 1)
+    link.hello("streetlight", "1.0", 1, 1)
+    link.data({p.L_LEVEL: 1})
+    run(link, gw, clock, 200)
+    gw.ring.remove(NODE, 0)  # retired at the gateway: a frame under key 0 is now refused
+    old = w.encode_frame(w.T_EVENT, NODE, 99, 0, w.flags_for(w.CH_CTRL), p.event(1), w.Key(KEY, 0))
+    try:
+        gw.rx.verify(old)
+        refused = ""
+    except w.WireError as e:
+        refused = e.name
+    return {"key_ids": gw.key_ids, "backlog": list(link.backlog()), "rx_bad": link.stats["rx_bad"], "old": refused}
 
 
 def scenario_reboot(root):

@@ -20,7 +20,8 @@ import pytest
 from hil_tests.emulator.runner import FIRMWARE_LIB, MicroPythonSession
 
 SCENARIOS = Path(__file__).with_name("node_link_scenarios.py")
-NAMES = ["alarm_overtakes", "lossy", "commands_time", "cmd_across_reboot", "reboot", "bounds", "power_cuts"]
+NAMES = ["alarm_overtakes", "lossy", "commands_time", "cmd_across_reboot", "key_rotation", "reboot", "bounds",
+         "power_cuts"]
 
 
 def _jsonish(obj: Any) -> Any:
@@ -110,6 +111,13 @@ def test_command_runs_once_across_a_reboot(results: dict[str, Any]) -> None:
     assert r["dups"] == 1
     assert r["cmd_acks"] == [[21, 0, ""]]  # the CMD_ACK queued before the reboot was delivered once
     assert r["backlog"] == [0, 0]
+
+
+def test_key_rotation_signs_with_the_newest_key(results: dict[str, Any]) -> None:
+    r = results["key_rotation"]
+    assert r["key_ids"] == [1, 1]  # HELLO and DATA under the new key id
+    assert r["backlog"] == [0, 0] and r["rx_bad"] == 0  # ACKs under the old id still accepted by the node
+    assert r["old"] == "key_id"  # once retired at the gateway, the old key id is refused
 
 
 def test_reboot_with_backlog_loses_nothing_and_reuses_no_number(results: dict[str, Any]) -> None:
