@@ -294,9 +294,11 @@ def test_accuracy_sweep_on_the_board(tmp_path: Path) -> None:
         sq = []
         for hr, spo2 in ((40, 99), (100, 85), (160, 78), (200, 70)):
             board.hw.set("max30102", hr_bpm=hr, spo2=spo2)
+            t_set = board.now()
             run(board, gw, 25, step=1)
-            recent = [v for v in vitals(gw) if v.t >= board.now() - 8]
-            assert len(recent) >= 7
+            # the last 8 s of values (vitals may trail a second or two: they are batched while un-acknowledged)
+            recent = [v for v in vitals(gw) if v.t >= t_set + 15]
+            assert len(recent) >= 6, (t_set, [v.t for v in vitals(gw)][-5:])
             for v in recent:
                 assert v.hr is not None and v.spo2 is not None, v
                 assert abs(v.hr - hr) <= 3, (hr, v)

@@ -35,6 +35,7 @@ _CONFIRM_MS = const(30_000)
 _TEMP_EVERY = const(5)  # seconds between thermometer reads (and temperature in vitals)
 _BATT_EVERY = const(10)
 _SENSOR_RETRY_MS = const(5_000)
+_KEEPING_UP = const(2)  # DATA records awaiting an ACK below which vitals go out one per second
 _GC_EVERY = const(1)  # seconds between explicit collections (keeps the heap peak at live + 1 s of garbage)
 
 # alarm condition -> protocol event code, DATA label of its value, limit key
@@ -265,13 +266,16 @@ class MedicalNode:
         link = self.link
         if link is None:
             return
-        idle = self.link_up and link.outbox.pending(CH_BULK) == 0 and not self.pending
-        if idle:
+        # keeping up: the gateway answers and at most a couple of records await their ACK (a slow radio link
+        # may take over a second to acknowledge); otherwise collect a batch so an outage or a slow link costs
+        # one frame header, one MAC and one outbox record per ``batch`` seconds instead of per second
+        keeping_up = self.link_up and link.outbox.pending(CH_BULK) <= _KEEPING_UP
+        if keeping_up and not self.pending:
             link.data(rec)
             return
         rec[payloads.L_T] = s
         self.pending.append(rec)
-        if len(self.pending) >= self.batch_max or (self.link_up and link.outbox.pending(CH_BULK) == 0):
+        if keeping_up or len(self.pending) >= self.batch_max:
             self.flush_vitals(s)
 
     def flush_vitals(self, s):
