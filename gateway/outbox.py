@@ -187,7 +187,7 @@ class Outbox:
         """Finish pending writes, checkpoint the WAL and close the file."""
         if self._writer is not None:
             self._wake.set()
-            while self._jobs:
+            while self._jobs and not self._writer.done():  # let queued puts and acks reach the disk
                 await asyncio.sleep(0.001)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
