@@ -33,6 +33,7 @@ from gateway.nodes import NodeState, NodeTracker
 from gateway.outbox import Outbox
 from gateway.registry import Registry
 from gateway.systemd import Heartbeat, Notifier, Watchdog
+from gateway.uplink.client import command_result_event, start_uplink
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,18 @@ class Agent:
         if self.config.uplink.url is None:
             log.warning("no [uplink] url: events are kept in the outbox until one is configured")
             return
-        try:
-            from gateway.uplink import start_uplink
-        except ImportError:
-            log.error("the uplink module is not installed: events are kept in the outbox")
-            return
         heartbeat = self.watchdog.register("uplink")
         assert self.router is not None
-        self.uplink = await start_uplink(self.config, outbox, self.router, heartbeat=heartbeat)
+        self.uplink = await start_uplink(self.config, outbox, self.router, heartbeat=heartbeat.beat,
+                                         registry=self.registry, agent_state=self._agent_state)
+
+    def _agent_state(self) -> dict[str, Any]:
+        """What the uplink's birth message says about this agent."""
+        return {
+            "links": {link.name: link.state.value for link in self.links},
+            "nodes_online": sum(1 for st in self.tracker if st.online),
+            "started": int(self.started),
+        }
 
     def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         async def runner() -> None:
@@ -221,11 +226,8 @@ class Agent:
         self._background(self._put_quietly(event))
 
     async def _store_command_result(self, result: CommandResult) -> None:
-        if self.outbox is None:
-            return
-        event = Event(f"node:{result.node_id}", "cmd_status", Priority.COMMAND_ACK, result.as_dict(),
-                      origin=f"cmd:{result.command_id}")
-        await self._put_quietly(event)
+        if self.outbox is not None:
+            await self._put_quietly(command_result_event(result))
 
     async def _put_quietly(self, event: Event) -> None:
         assert self.outbox is not None

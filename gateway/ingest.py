@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cewire import (
+    E_PAYLOAD,
     E_REPLAY,
     PRIO_HIGH,
     PRIO_MEDIUM,
@@ -45,7 +46,7 @@ from cewire.errors import NAMES as ERROR_NAMES
 
 from gateway.commands import CommandRouter
 from gateway.downlink import Downlink
-from gateway.events import Event, Priority, now_ms
+from gateway.events import Event, Priority
 from gateway.links.base import Link
 from gateway.nodes import NodeTracker
 from gateway.outbox import Outbox
@@ -65,6 +66,7 @@ CMD_STATUS = {
     payloads.CS_BUSY: "rejected",
 }
 MEDICAL_CODES = range(64, 128)
+MAX_FLUSHES = 3  # outbox commits in flight at once (one for telemetry, more only for alarms)
 
 
 def _scaled(label: int, value: int) -> float | int:
@@ -74,18 +76,41 @@ def _scaled(label: int, value: int) -> float | int:
     return value / 10 ** (-spec[2]) if spec[2] < 0 else value * 10 ** spec[2]
 
 
+# label -> (name, divisor, multiplier): v × 10^scale, dividing by an exact power of ten for negative scales
+# so that 423 with scale −1 becomes 42.3 exactly as printed
+_UNITS: dict[int, tuple[str, int, int]] = {
+    label: (name, 10 ** -scale if scale < 0 else 1, 10**scale if scale > 0 else 1)
+    for label, (name, _unit, scale) in payloads.FIELDS.items()
+}
+_L_T = payloads.L_T
+
+
 def telemetry_body(frame: Frame) -> dict[str, Any]:
-    """DATA body → ``{"seq", "records": [{"t": unix_s, name: value in SenML unit, ...}]}``."""
+    """DATA body → ``{"seq", "records": [{"t": unix_s, name: value in SenML unit, ...}]}``.
+
+    One pass over the (already CBOR-decoded) body; the same checks as ``cewire.payloads.parse_data``
+    (integer labels, integer values) without building the intermediate list, since this runs per frame.
+    """
+    body = frame.body
+    units = _UNITS
     records = []
-    fields = payloads.FIELDS
-    for t, values in payloads.parse_data(frame.body, frame.ts):
-        rec: dict[str, Any] = {"t": t}
-        for label, v in values.items():
-            spec = fields.get(label)
+    for raw in body if isinstance(body, list) else (body,):
+        if not isinstance(raw, dict):
+            raise WireError(E_PAYLOAD, "DATA record is not a map")
+        rec: dict[str, Any] = {"t": frame.ts}
+        for label, v in raw.items():
+            if type(v) is not int or type(label) is not int:
+                raise WireError(E_PAYLOAD, f"DATA field {label!r} must be an integer label with an integer value")
+            if label == _L_T:
+                rec["t"] = frame.ts + v
+                continue
+            spec = units.get(label)
             if spec is None:
                 rec[f"l{label}"] = v  # an app's own label: passed on unscaled, named by number
+            elif spec[1] != 1:
+                rec[spec[0]] = v / spec[1]
             else:
-                rec[spec[0]] = v / 10 ** (-spec[2]) if spec[2] < 0 else v * 10 ** spec[2]
+                rec[spec[0]] = v * spec[2]
         records.append(rec)
     return {"seq": frame.seq, "records": records}
 
@@ -167,6 +192,8 @@ class Ingest:
         self._decoders: dict[str, tuple[int, StreamDecoder]] = {}
         self._pending: list[_Pending] = []
         self._reack: dict[int, Link] = {}
+        self._now = time.monotonic()
+        self._wall = time.time()
         self._urgent = False
         self._wake = asyncio.Event()
 
@@ -190,6 +217,8 @@ class Ingest:
             for code, n in decoder.error_codes.items():
                 name = ERROR_NAMES.get(code, str(code))
                 rejected[name] = rejected.get(name, 0) + n - codes_before.get(code, 0)
+        self._now = time.monotonic()  # one clock reading per chunk, not per frame
+        self._wall = time.time()
         for raw in frames:
             self.frame(link, raw)
         if self._reack:  # one ACK per node for all the duplicates in this chunk
@@ -231,13 +260,13 @@ class Ingest:
         node_id = frame.node_id
         rec = self.registry.get(node_id)
         name = rec.name if rec is not None else ""
-        now = time.monotonic()
+        now = self._now
         ftype = frame.ftype
-        ts_ms = frame.ts * 1000 if frame.ts else now_ms()
+        ts_ms = frame.ts * 1000 if frame.ts else int(self._wall * 1000)
         source = f"node:{node_id}"
         origin = f"{node_id}:{frame.channel}:{frame.seq}"
         if ftype == T_DATA:
-            self.tracker.seen(node_id, name, link, now)
+            self.tracker.seen(node_id, name, link, now, wall=self._wall)
             return Event(source, "telemetry", Priority.TELEMETRY, telemetry_body(frame), ts_ms, origin)
         if ftype == T_EVENT:
             self.tracker.seen(node_id, name, link, now)
@@ -265,29 +294,44 @@ class Ingest:
 
     # ------------------------------------------------------------------ durable, then acknowledged
     async def run(self) -> None:
-        """Commit queued frames in batches and acknowledge them, until cancelled."""
+        """Commit queued frames in batches and acknowledge them, until cancelled.
+
+        Up to ``MAX_FLUSHES`` commits may be in flight, so an alarm does not wait for the telemetry batch
+        ahead of it to be acknowledged: it joins the outbox's next group commit at once.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
-                except TimeoutError:
-                    pass
-            if self.heartbeat is not None:
-                self.heartbeat()
-            if not self._pending:
-                continue
-            if not self._urgent and self.flush_s > 0:
-                # let a batch build up, unless an alarm or a full batch arrives first
-                deadline = loop.time() + self.flush_s
-                while not self._urgent and (left := deadline - loop.time()) > 0:
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if not self._pending:
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), left)
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
                     except TimeoutError:
-                        break
-            await self.flush()
+                        pass
+                if self.heartbeat is not None:
+                    self.heartbeat()
+                if not self._pending:
+                    continue
+                if not self._urgent and self.flush_s > 0:
+                    # let a batch build up, unless an alarm or a full batch arrives first
+                    deadline = loop.time() + self.flush_s
+                    while not self._urgent and (left := deadline - loop.time()) > 0:
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), left)
+                        except TimeoutError:
+                            break
+                limit = MAX_FLUSHES if self._urgent else 1
+                while len(inflight) >= limit:  # back-pressure: a stuck outbox stops this loop (and its beats)
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.create_task(self.flush())
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                await asyncio.sleep(0)  # let the flush take its batch before looking again
+        finally:
+            for task in inflight:
+                task.cancel()
 
     async def flush(self) -> None:
         """Commit everything queued now and send the ACKs."""

@@ -75,12 +75,13 @@ class NodeTracker:
             st = self._nodes[node_id] = NodeState(node_id, name)
         return st
 
-    def seen(self, node_id: int, name: str, link: Link, now: float, count: int = 1) -> NodeState:
+    def seen(self, node_id: int, name: str, link: Link, now: float, count: int = 1,
+             wall: float | None = None) -> NodeState:
         """A verified frame (or ``count`` of them) from ``node_id`` arrived on ``link`` at monotonic ``now``."""
-        st = self.ensure(node_id, name)
+        st = self._nodes.get(node_id) or self.ensure(node_id, name)
         st.link = link
         st.last_seen = now
-        st.last_seen_wall = time.time()
+        st.last_seen_wall = time.time() if wall is None else wall
         st.frames += count
         if not st.online:
             st.online = True

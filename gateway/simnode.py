@@ -101,23 +101,27 @@ class SimNode:
         for raw in self.decoder.feed(data):
             if len(raw) >= 8 and int.from_bytes(raw[4:8], "big") != self.node_id:
                 continue  # a frame for another node on the same bus
-            try:
-                frame = decode_frame(raw, self.key, DIR_DOWN)
-                self.gw_window.check(frame.seq)
-            except WireError as exc:
-                self.refused.append(exc.name)
-                continue
-            self.gw_window.mark(frame.seq)
-            if frame.ftype == T_ACK:
-                for ch, cum in payloads.parse_ack(frame.body).items():
-                    if ch in self.unacked:
-                        self.acked[ch] = max(self.acked[ch], cum)
-                        for seq in [s for s in self.unacked[ch] if s <= cum]:
-                            del self.unacked[ch][seq]
-            elif frame.ftype == T_TIME:
-                self.times.append(payloads.parse_time(frame.body)[0])
-            elif frame.ftype == T_CMD:
-                cmd_id, op, args, _exp = payloads.parse_cmd(frame.body)
-                self.commands.append((cmd_id, op, args))
-                status, text = self.handler(op, args)
-                self.replies += self._frame(T_CMD_ACK, payloads.cmd_ack(cmd_id, status, text))
+            self.receive_frame(raw)
+
+    def receive_frame(self, raw: bytes) -> None:
+        """One unframed gateway frame addressed to this node."""
+        try:
+            frame = decode_frame(raw, self.key, DIR_DOWN)
+            self.gw_window.check(frame.seq)
+        except WireError as exc:
+            self.refused.append(exc.name)
+            return
+        self.gw_window.mark(frame.seq)
+        if frame.ftype == T_ACK:
+            for ch, cum in payloads.parse_ack(frame.body).items():
+                if ch in self.unacked:
+                    self.acked[ch] = max(self.acked[ch], cum)
+                    for seq in [s for s in self.unacked[ch] if s <= cum]:
+                        del self.unacked[ch][seq]
+        elif frame.ftype == T_TIME:
+            self.times.append(payloads.parse_time(frame.body)[0])
+        elif frame.ftype == T_CMD:
+            cmd_id, op, args, _exp = payloads.parse_cmd(frame.body)
+            self.commands.append((cmd_id, op, args))
+            status, text = self.handler(op, args)
+            self.replies += self._frame(T_CMD_ACK, payloads.cmd_ack(cmd_id, status, text))

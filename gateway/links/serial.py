@@ -26,7 +26,7 @@ from gateway.systemd import Heartbeat
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 65536
+READ_CHUNK = 8192  # small reads keep the event loop responsive (an alarm on another port)
 MAX_OUT_BUFFER = 256 * 1024  # bytes queued for a node that does not read; beyond that frames are dropped
 BEAT_S = 1.0
 
