@@ -110,7 +110,7 @@ class OutboxStats:
 
 @dataclass
 class _Job:
-    puts: list[Event] | None
+    puts: list[tuple[Event, bytes]] | None
     acks: list[int] | None
     future: asyncio.Future[Any]
 
@@ -146,6 +146,7 @@ class Outbox:
         self._data = asyncio.Event()
         self._urgent = asyncio.Event()  # set when a FAULT or ALARM was stored: the uplink stops waiting
         self._writer: asyncio.Task[None] | None = None
+        self._busy = False
         self._depth: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._bytes = 0
         self._dropped: dict[Priority, int] = dict.fromkeys(Priority, 0)
@@ -187,7 +188,8 @@ class Outbox:
         """Finish pending writes, checkpoint the WAL and close the file."""
         if self._writer is not None:
             self._wake.set()
-            while self._jobs and not self._writer.done():  # let queued puts and acks reach the disk
+            # let queued and running puts and acks reach the disk and their callers
+            while (self._jobs or self._busy) and not self._writer.done():
                 await asyncio.sleep(0.001)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -265,7 +267,10 @@ class Outbox:
         batch = list(events)
         if not batch:
             return PutResult()
-        return await self._submit(_Job(batch, None, self._new_future()))
+        # packed here, in the caller's context: a body that cannot be encoded fails this caller's put only,
+        # not everybody's puts that would have shared the commit
+        packed = [ev.body.packed if type(ev.body) is PackedBody else pack_body(ev.body, ev.ts_ms) for ev in batch]
+        return await self._submit(_Job(list(zip(batch, packed)), None, self._new_future()))
 
     async def ack(self, ids: Iterable[int]) -> int:
         """Delete delivered events (call only after the broker's PUBACK). Returns how many rows went."""
@@ -292,6 +297,7 @@ class Outbox:
             self._wake.clear()
             while self._jobs:
                 jobs, self._jobs = self._jobs, []
+                self._busy = True
                 try:
                     results = await loop.run_in_executor(self._executor, self._write_sync, jobs)
                 except Exception as exc:  # disk full, I/O error: every waiting caller learns it
@@ -301,12 +307,14 @@ class Outbox:
                         if not job.future.done():
                             job.future.set_exception(err)
                     continue
+                finally:
+                    self._busy = False
                 for job, result in zip(jobs, results):
                     if not job.future.done():
                         job.future.set_result(result)
                 if any(isinstance(r, PutResult) and r.stored for r in results):
                     self._data.set()
-                    if any(e.priority >= Priority.FAULT for job in jobs if job.puts for e in job.puts):
+                    if any(e.priority >= Priority.FAULT for job in jobs if job.puts for e, _ in job.puts):
                         self._urgent.set()
 
     def _write_sync(self, jobs: Sequence[_Job]) -> list[Any]:
@@ -338,11 +346,10 @@ class Outbox:
                 fresh, dups = self._dedup(db, job.puts)
                 duplicates += dups
                 rows = []
-                for ev in fresh:
+                for ev, body in fresh:
                     key = (ev.source, int(ev.priority))
                     seq = lanes_touched.get(key, self._lanes.get(key, 0)) + 1
                     lanes_touched[key] = seq
-                    body = ev.body.packed if type(ev.body) is PackedBody else pack_body(ev.body, ev.ts_ms)
                     size = len(body) + len(ev.source) + len(ev.origin or "") + ROW_OVERHEAD
                     rows.append((int(ev.priority), ev.source, seq, ev.kind, ev.ts_ms, ev.origin, body, size))
                     depth[ev.priority] += 1
@@ -380,8 +387,10 @@ class Outbox:
         self.commits += 1
         return results
 
-    def _dedup(self, db: sqlite3.Connection, events: list[Event]) -> tuple[list[Event], int]:
-        keyed = [ev.origin for ev in events if ev.origin is not None]
+    def _dedup(
+        self, db: sqlite3.Connection, events: list[tuple[Event, bytes]]
+    ) -> tuple[list[tuple[Event, bytes]], int]:
+        keyed = [ev.origin for ev, _ in events if ev.origin is not None]
         if not keyed:
             return events, 0
         known: set[str] = set()
@@ -389,15 +398,16 @@ class Outbox:
             chunk = keyed[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
             known.update(r[0] for r in db.execute(f"SELECT origin FROM seen WHERE origin IN ({marks})", chunk))
-        fresh: list[Event] = []
+        fresh: list[tuple[Event, bytes]] = []
         new_origins: list[tuple[str]] = []
-        for ev in events:
-            if ev.origin is not None:
-                if ev.origin in known:
+        for item in events:
+            origin = item[0].origin
+            if origin is not None:
+                if origin in known:
                     continue
-                known.add(ev.origin)
-                new_origins.append((ev.origin,))
-            fresh.append(ev)
+                known.add(origin)
+                new_origins.append((origin,))
+            fresh.append(item)
         if new_origins:
             db.executemany("INSERT INTO seen (origin) VALUES (?)", new_origins)
             self._seen_since_prune += len(new_origins)

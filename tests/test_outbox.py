@@ -166,3 +166,14 @@ async def test_synchronous_policy_is_applied(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         Outbox(tmp_path / "x.db", synchronous="off")
     assert sqlite3.sqlite_version_info >= (3, 35), "DELETE ... RETURNING needs SQLite 3.35"
+
+
+async def test_a_bad_body_fails_its_own_put_only(tmp_path: Path) -> None:
+    import asyncio
+
+    async with Outbox(tmp_path / "ob.db") as ob:
+        bad = Event("node:1", "telemetry", Priority.TELEMETRY, {1: "not a text key"})  # type: ignore[dict-item]
+        good = ob.put(ev("node:2", Priority.TELEMETRY, 1))
+        results = await asyncio.gather(ob.put(bad), good, return_exceptions=True)
+        assert isinstance(results[0], ValueError)
+        assert results[1].stored == 1 and ob.total == 1  # type: ignore[union-attr]
