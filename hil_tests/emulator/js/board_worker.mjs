@@ -108,6 +108,8 @@ function scheduleRun() {
   runScheduled = true;
   realSetImmediate(runVirtual);
 }
+let fired = 0;
+let lastYield = 0;
 async function runVirtual() {
   runScheduled = false;
   if (running) return;
@@ -120,7 +122,11 @@ async function runVirtual() {
       clock.timers.delete(next.id);
       clock.t = Math.max(clock.t, next.due);
       try { next.fn(...next.args); } catch (e) { emitErr(`timer: ${e && e.stack || e}`); }
-      await new Promise((r) => realSetImmediate(r)); // let promises and messages run between timers
+      // promises settle between timers; host messages (UART bytes, control) get a turn every few ms
+      if (++fired % 64 === 0 || realDateNow() - lastYield > 5) {
+        await new Promise((r) => realSetImmediate(r));
+        lastYield = realDateNow();
+      } else await Promise.resolve();
     }
   } finally { running = false; }
   answerAdvances();
