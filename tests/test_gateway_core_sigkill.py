@@ -1,13 +1,15 @@
 """Kill the agent with SIGKILL at random moments while frames flow; nothing acknowledged to a node is lost.
 
-The agent runs as a real subprocess (`python -m cityedge gateway run`), reads a real pty with pyserial and
-stores into its SQLite outbox; readiness is learnt through the real sd_notify socket. Three nodes stream
-telemetry and events, keep every frame until it is acknowledged and resend what was not (as firmware does).
-After many kills, every (node, channel, seq) ever acknowledged must be in the outbox exactly once.
+The agent runs as a real subprocess (`python -m cityedge gateway run`), reads a real pty with pyserial,
+stores into its SQLite outbox and publishes through a real mosquitto; readiness is learnt through the real
+sd_notify socket. Three nodes stream telemetry and events, keep every frame until it is acknowledged and
+resend what was not (as firmware does). After many kills, every (node, channel, seq) ever acknowledged must
+have been stored exactly once and delivered by the broker to a subscriber.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -15,16 +17,28 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import tty
+from collections.abc import Iterator
 from pathlib import Path
 
+import aiomqtt
+import pytest
 from cewire import codes, payloads
 
 from cityedge.manifest import provision
+from gateway.broker import LocalBroker
 from gateway.simnode import SimNode
+from gateway.uplink import codec
 
 KILLS = 12
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
 
 
 def start_agent(config: Path, notify: socket.socket, log: Path) -> subprocess.Popen[bytes]:
@@ -82,7 +96,38 @@ def exchange(master: int, nodes: list[SimNode], seconds: float, rng: random.Rand
         read_answers(master, nodes)
 
 
-def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> None:
+class Subscriber(threading.Thread):
+    """The operations center: collects (node, channel, seq) of every node frame delivered by the broker."""
+
+    def __init__(self, broker: LocalBroker) -> None:
+        super().__init__(daemon=True)
+        self.broker = broker
+        self.keys: set[tuple[int, int, int]] = set()
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        async with aiomqtt.Client(self.broker.host, self.broker.port, identifier="ops-test") as client:
+            await client.subscribe("cityedge/+/+/ev/#", qos=1)
+            self.ready.set()
+            messages = client.messages.__aiter__()
+            while not self.stop.is_set():
+                try:
+                    msg = await asyncio.wait_for(messages.__anext__(), 0.2)
+                except TimeoutError:
+                    messages = client.messages.__aiter__()
+                    continue
+                assert isinstance(msg.payload, bytes)
+                for ev in codec.decode_batch(msg.payload):
+                    if ev.kind in ("telemetry", "event"):
+                        channel = 1 if ev.kind == "telemetry" else 0
+                        self.keys.add((int(ev.source.split(":")[1]), channel, int(ev.body["seq"])))
+
+
+def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path, broker: LocalBroker) -> None:
     rng = random.Random(20261121)
     manifest = tmp_path / "nodes.json"
     nodes = []
@@ -108,7 +153,13 @@ reopen_max_s = 0.2
 manifest = "nodes.json"
 [health]
 listen = false
+[uplink]
+url = "{broker.url}"
+batch_ms = 5
 """)
+    ops = Subscriber(broker)
+    ops.start()
+    assert ops.ready.wait(10)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(0.2)
@@ -138,11 +189,16 @@ listen = false
             time.sleep(0.1)
             read_answers(master, nodes)
         note_acks()
+        deadline = time.monotonic() + 20  # the outbox drains to the broker
+        while not acked <= ops.keys and time.monotonic() < deadline:
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
         os.close(master)
         notify.close()
+        ops.stop.set()
+        ops.join(5)
 
     sent = sum(n.next_seq[0] - 1 + n.next_seq[1] - 1 for n in nodes)
     assert all(n.pending == 0 for n in nodes), [(n.acked, {c: sorted(v) for c, v in n.unacked.items()}) for n in nodes]
@@ -150,9 +206,12 @@ listen = false
     # the kills really hit a flowing stream: much was acknowledged between kills, and some was in flight
     assert acked_while_killing > sent // 2 and inflight_kills >= KILLS // 3, (acked_while_killing, sent)
     db = sqlite3.connect(tmp_path / "state" / "outbox.sqlite3")
-    origins = [r[0] for r in db.execute("SELECT origin FROM events WHERE origin IS NOT NULL")]
+    # the outbox remembers every origin it stored (delivered rows are deleted, their origins kept)
+    origins = [r[0] for r in db.execute("SELECT origin FROM seen WHERE origin NOT LIKE 'cmd:%'")]
     db.close()
     stored = {tuple(int(x) for x in o.split(":")) for o in origins}
     assert len(origins) == len(stored), "no frame stored twice"
     missing = acked - stored
     assert not missing, f"{len(missing)} acknowledged frames lost, e.g. {sorted(missing)[:5]}"
+    undelivered = acked - ops.keys
+    assert not undelivered, f"{len(undelivered)} acknowledged frames never delivered upstream"
