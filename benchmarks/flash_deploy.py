@@ -10,7 +10,10 @@ Last line of stdout: one JSON object with ``deploy_s`` (full deploy of the app i
 only), ``wire_bytes_per_byte`` (bytes both ways on the serial line per byte of app deployed),
 ``redeploy_s`` (connect → done, nothing changed), ``single_s`` (one board: deploy + provision + verify),
 ``batch10_s`` (ten boards in parallel, the same), ``batch_ratio`` (batch10_s / single_s; target ≤ 3),
-``baseline_mpremote_cp_s`` (stock ``mpremote fs cp`` of the same compiled files, for comparison), ``cores``.
+``parallel_speedup`` (10 × single / batch), the same four with ``bare_`` for the image without an app (the
+tool's own scaling: ten emulated boards booting an app share this machine's cores, real boards do not),
+``baseline_mpremote_cp_s`` (stock ``mpremote fs cp`` of the same compiled files, for comparison), ``cores``
+and ``load_avg`` (the machine's 1-minute load when the run ended: other work skews the batch figures).
 """
 
 from __future__ import annotations
@@ -94,6 +97,27 @@ def mpremote_cp(port: str, role: str, work: Path) -> float:
     return time.perf_counter() - t0
 
 
+def one_vs_ten(role: str, work: Path) -> tuple[float, float, int]:
+    """(one board, ten boards in parallel, boards ok) for the full flow on fresh emulated boards."""
+    b = _empty_board(work / "one", "solo")
+    try:
+        t0 = time.perf_counter()
+        r = run_job(job(b.repl_port, role, work, 100))
+        single = time.perf_counter() - t0
+        assert r["result"] == "ok", r
+    finally:
+        b.close()
+    with BoardFarm.create(work / "farm", 10, role=None) as farm:
+        for fb in farm:
+            fb.wait_for_output(">>> ", timeout=60)
+        ports = [fb.repl_port for fb in farm]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(lambda ip: run_job(job(ip[1], role, work, 200 + ip[0])), enumerate(ports)))
+        batch = time.perf_counter() - t0
+    return single, batch, sum(x["result"] == "ok" for x in results)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one repetition (CI)")
@@ -118,26 +142,18 @@ def main() -> int:
     out.update(deploy_s=round(statistics.median(deploys), 3), wire_bytes_per_byte=round(max(ratios), 3),
                image_bytes=size, redeploy_s=round(statistics.median(redeploys), 3))
 
-    # one board end to end, then ten in parallel (same job: deploy + provision + verify)
-    b = _empty_board(work / "one", "solo")
-    try:
-        t0 = time.perf_counter()
-        r = run_job(job(b.repl_port, args.role, work, 100))
-        single = time.perf_counter() - t0
-    finally:
-        b.close()
-    with BoardFarm.create(work / "farm", 10, role=None) as farm:
-        for fb in farm:
-            fb.wait_for_output(">>> ", timeout=60)
-        ports = [fb.repl_port for fb in farm]
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=10) as pool:
-            results = list(pool.map(lambda ip: run_job(job(ip[1], args.role, work, 200 + ip[0])), enumerate(ports)))
-        batch = time.perf_counter() - t0
-    out.update(single_s=round(single, 3), single_result=r["result"], batch10_s=round(batch, 3),
-               batch_ok=sum(x["result"] == "ok" for x in results), batch_ratio=round(batch / single, 2))
+    # one board end to end, then ten in parallel (same job: deploy + provision + verify + self-test), for the
+    # role's app and for the bare image (no app to boot: what the tool itself adds when boards run in parallel)
+    for role, key in ((args.role, ""), ("bare", "bare_")):
+        single, batch, ok = one_vs_ten(role, work / role)
+        out.update({f"{key}single_s": round(single, 3), f"{key}batch10_s": round(batch, 3),
+                    f"{key}batch_ok": ok, f"{key}batch_ratio": round(batch / single, 2),
+                    f"{key}parallel_speedup": round(10 * single / batch, 2)})
+    single = float(out["single_s"])  # type: ignore[arg-type]
+    batch = float(out["batch10_s"])  # type: ignore[arg-type]
     print(f"full deploy {out['deploy_s']} s ({size} bytes, {out['wire_bytes_per_byte']} wire bytes/byte), "
           f"unchanged {out['redeploy_s']} s, one board {single:.2f} s, ten boards {batch:.2f} s", file=sys.stderr)
+    out["load_avg"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
     return 0
 

@@ -8,6 +8,7 @@ trip, so the bytes on the wire stay below the bytes deployed. Hashes come back f
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import zlib
 from collections.abc import Iterable, Mapping
@@ -146,6 +147,13 @@ class BoardInfo:
                 "free": self.free}
 
 
+@functools.lru_cache(maxsize=1024)
+def _compressed(data: bytes) -> bytes:
+    """zlib stream with a 1 KiB window (what a small board can afford); cached: a batch sends the same files."""
+    c = zlib.compressobj(9, zlib.DEFLATED, 10)
+    return c.compress(data) + c.flush()
+
+
 def _lit(s: str) -> str:
     return repr(s)
 
@@ -212,12 +220,8 @@ class Board:
                 batch, size = [], 0
 
         for path, data in files.items():
-            if compress:
-                c = zlib.compressobj(9, zlib.DEFLATED, 10)  # 1 KiB window: what the board can afford
-                z = c.compress(data) + c.flush()
-                use_z = len(z) < len(data)
-            else:
-                use_z = False
+            z = _compressed(data) if compress else data
+            use_z = len(z) < len(data)
             payload = base64.b64encode(z if use_z else data).decode()
             for part, stmt in self._split(path, payload, use_z):
                 if size + len(part) > CHUNK:

@@ -18,6 +18,7 @@ incomplete, so the boot manager boots the previous one).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -98,11 +99,22 @@ class Image:
 def build_image(role: str, info: BoardInfo, *, board: str = DEFAULT_BOARD, source: bool = False,
                 firmware: Path = FIRMWARE) -> Image:
     """Compile the app of ``role`` for this board's ``.mpy`` version (or keep sources)."""
-    fixed = mpy.build(fixed_files(role, board, firmware), info.mpy, source=source, port=info.port,
-                      micropython=info.micropython)
-    slot = mpy.build({"/" + rel: src for rel, src in app_files(role, firmware).items()}, info.mpy, source=source,
-                     port=info.port, micropython=info.micropython)
-    return Image(role, fixed, {p.lstrip("/"): d for p, d in slot.items()}, None if source else info.mpy)
+    fixed_src = fixed_files(role, board, firmware)
+    slot_src = {"/" + rel: src for rel, src in app_files(role, firmware).items()}
+    if not source:
+        mpy.compiler_for(info.mpy, port=info.port, micropython=info.micropython)  # refuse with this port's name
+    # the same sources for the same .mpy version give the same image: a batch builds it once
+    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in (*fixed_src.values(), *slot_src.values()))
+    return _build(role, None if source else info.mpy, source, stamp, info.micropython,
+                  tuple(fixed_src.items()), tuple(slot_src.items()))
+
+
+@functools.lru_cache(maxsize=32)
+def _build(role: str, mpy_version: int | None, source: bool, stamp: tuple, micropython: str,
+           fixed_src: tuple[tuple[str, Path], ...], slot_src: tuple[tuple[str, Path], ...]) -> Image:
+    fixed = mpy.build(dict(fixed_src), mpy_version, source=source, micropython=micropython)
+    slot = mpy.build(dict(slot_src), mpy_version, source=source, micropython=micropython)
+    return Image(role, fixed, {p.lstrip("/"): d for p, d in slot.items()}, mpy_version)
 
 
 @dataclass
