@@ -126,3 +126,10 @@ def test_ops_tail_unreachable_broker_is_a_sentence_not_a_traceback() -> None:
         port = broker.port
     rc = main(["ops", "tail", "--broker", f"mqtt://127.0.0.1:{port}", "--duration", "2"])
     assert rc == 1
+
+
+def test_from_start_counts_a_missing_beginning_as_a_gap() -> None:
+    late_joiner, since_start = Consumer(), Consumer(from_start=True)
+    assert kinds(late_joiner.feed(TOPIC, batch(5, 6))) == ["event", "event"]
+    records = since_start.feed(TOPIC, batch(5, 6))
+    assert kinds(records) == ["gap", "event", "event"] and records[0]["from"] == 1 and records[0]["to"] == 4

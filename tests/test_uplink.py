@@ -339,3 +339,23 @@ async def test_falls_back_to_mqtt_311_when_the_broker_refuses_5(broker: LocalBro
             await ob.put(telemetry(1))
             await ops.wait(lambda: len(ops.events(gw="gw-old")) == 1)
         assert proxy.refused == 1 and up.stats.protocol == "3.1.1"
+
+
+async def test_quota_drops_show_up_as_gaps_and_never_touch_alarms(broker: LocalBroker, tmp_path: Path) -> None:
+    async with Collector(broker.port, client_id="ops-quota") as ops, Outbox(tmp_path / "ob.db",
+                                                                            quota_bytes=20_000) as ob:
+        ops.consumer.from_start = True  # this operations center has seen the gateway since its outbox began
+        # a long outage: far more than the quota arrives before the uplink can send anything
+        for i in range(0, 2000, 100):
+            await ob.put_many(telemetry(j) for j in range(i, i + 100))
+            await ob.put(Event("node:17", "event", Priority.ALARM, {"name": "spo2_low", "seq": i}, origin=f"a{i}"))
+        dropped = ob.stats().dropped[Priority.TELEMETRY]
+        assert dropped > 1000
+        async with Uplink(settings(broker.url, gateway_id="gw-q"), ob) as up:
+            await up.wait_online(5)
+            await until(lambda: ob.total == 0)
+            await ops.wait(lambda: len(ops.events(gw="gw-q")) == 2020 - dropped)
+        gaps = [r for r in ops.records if r["type"] == "gap" and r["gw"] == "gw-q"]
+        assert sum(g["missing"] for g in gaps) == dropped, "every dropped event is a reported gap"
+        assert all(g["lane"] == "telemetry" for g in gaps)
+        assert len(ops.events(gw="gw-q", lane="alarm")) == 20, "alarms are never dropped"

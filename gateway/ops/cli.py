@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     tail.add_argument("--cert-file", type=Path)
     tail.add_argument("--key-file", type=Path)
     tail.add_argument("--client-id", help="MQTT client id (default: random)")
+    tail.add_argument("--from-start", action="store_true",
+                      help="lanes start at seq 1: report events dropped before the first one seen as gaps too "
+                           "(for a consumer with a persistent session since the gateway started)")
     tail.add_argument("--count", type=int, help="stop after this many events")
     tail.add_argument("--duration", type=float, help="stop after this many seconds")
     tail.add_argument("--lanes", default="alarm,fault,ack,telemetry,vision",
@@ -97,7 +100,7 @@ def _write_geojson(path: Path, doc: dict[str, Any]) -> None:
 
 async def tail(args: argparse.Namespace) -> int:
     """Run the tail until --count/--duration or Ctrl-C; returns the exit code."""
-    consumer = Consumer(args.prefix, site=args.site)
+    consumer = Consumer(args.prefix, site=args.site, from_start=args.from_start)
     site = args.site or "+"
     gw = args.gateway or "+"
     base = f"{args.prefix}/{site}/{gw}"

@@ -10,6 +10,9 @@ Per lane (gateway × outbox epoch × source × priority) events carry consecutiv
 * ``seq > last + 1`` → a gap: ``last+1 … seq-1`` are reported missing; if one of them arrives later it is
   delivered and marked ``late`` (it is no longer missing).
 
+The first event seen on a lane starts it, unless ``from_start`` says the consumer has seen everything since
+the gateway's outbox began (then lanes start at 1 and events dropped before the first delivery are gaps too).
+
 A change of the gateway's ``epoch`` (its outbox was recreated) starts fresh lanes; a new ``bdSeq`` in the
 birth is a reconnect or restart of the gateway, reported as such.
 """
@@ -102,9 +105,12 @@ class ConsumerStats:
 class Consumer:
     """Feed it uplink messages with :meth:`feed`; it returns JSON-able records to print."""
 
-    def __init__(self, prefix: str = "cityedge", *, site: str | None = None) -> None:
+    def __init__(self, prefix: str = "cityedge", *, site: str | None = None, from_start: bool = False) -> None:
         self.prefix = prefix
         self.site = site
+        # from_start: this consumer has received everything since the gateway's outbox began (a persistent
+        # session of the operations center), so every lane starts at seq 1 and a first seq > 1 is a gap
+        self.from_start = from_start
         self.stats = ConsumerStats()
         self.gateways: dict[tuple[str, str], GatewayView] = {}
         self.nodes: dict[tuple[str, str], NodeView] = {}
@@ -142,8 +148,8 @@ class Consumer:
         out: list[dict[str, Any]] = []
         late = False
         if lane is None:
-            self._lanes[key] = _Lane(ev.seq)
-        elif ev.seq == lane.last + 1:
+            lane = self._lanes[key] = _Lane(0 if self.from_start else ev.seq - 1)
+        if ev.seq == lane.last + 1:
             lane.last = ev.seq
         elif ev.seq > lane.last + 1:
             first, last = lane.last + 1, ev.seq - 1
