@@ -40,65 +40,89 @@ Gateway, per frame from a node:  f = rx.verify(buf) → make durable → cum = r
 Node: node.link.Link does all of this (outbox, retransmission, ACK/TIME/CMD handling), see docs/protocol.md §10.
 """
 
-from cewire import cbor, codes, payloads
-from cewire.cobs import StreamDecoder, cobs_decode, cobs_encode, encoded_size
-from cewire.encoder import Encoder
-from cewire.errors import (
-    E_COBS,
-    E_HEADER,
-    E_KEY_ID,
-    E_MAC,
-    E_OVERSIZE,
-    E_PAYLOAD,
-    E_RANGE,
-    E_REPLAY,
-    E_TRUNCATED,
-    E_TYPE,
-    E_UNKNOWN_NODE,
-    E_VERSION,
-    WireError,
-)
-from cewire.frame import (
-    CH_BULK,
-    CH_CTRL,
-    DIR_ANY,
-    DIR_DOWN,
-    DIR_UP,
-    HEADER_LEN,
-    MAC_LEN,
-    MAX_FRAME,
-    MAX_PAYLOAD,
-    N_CHANNELS,
-    PRIO_HIGH,
-    PRIO_LOW,
-    PRIO_MEDIUM,
-    PRIO_NONE,
-    T_ACK,
-    T_CMD,
-    T_CMD_ACK,
-    T_DATA,
-    T_EVENT,
-    T_HELLO,
-    T_TIME,
-    TYPE_NAMES,
-    VERSION,
-    Frame,
-    Key,
-    Keyring,
-    channel_of,
-    decode_frame,
-    encode_frame,
-    encode_into,
-    flags_for,
-)
-from cewire.replay import WINDOW, Receiver, ReplayWindow
+import sys
 
-__all__ = [
-    "CH_BULK", "CH_CTRL", "DIR_ANY", "DIR_DOWN", "DIR_UP", "E_COBS", "E_HEADER", "E_KEY_ID", "E_MAC",
-    "E_OVERSIZE", "E_PAYLOAD", "E_RANGE", "E_REPLAY", "E_TRUNCATED", "E_TYPE", "E_UNKNOWN_NODE", "E_VERSION",
-    "HEADER_LEN", "MAC_LEN", "MAX_FRAME", "MAX_PAYLOAD", "N_CHANNELS", "PRIO_HIGH", "PRIO_LOW", "PRIO_MEDIUM",
-    "PRIO_NONE", "TYPE_NAMES", "T_ACK", "T_CMD", "T_CMD_ACK", "T_DATA", "T_EVENT", "T_HELLO", "T_TIME",
-    "VERSION", "WINDOW", "Encoder", "Frame", "Key", "Keyring", "Receiver", "ReplayWindow", "StreamDecoder",
-    "WireError", "cbor", "channel_of", "cobs_decode", "cobs_encode", "codes", "decode_frame", "encode_frame",
-    "encode_into", "encoded_size", "flags_for", "payloads",
-]
+if sys.implementation.name == "micropython":
+    # On a node every module-level name costs heap: the submodules are loaded and their names looked up on
+    # first use instead of re-exporting ~70 names here (``cewire.Key``, ``from cewire import codes`` work).
+    _WHERE = ("frame", "errors", "cobs", "replay", "encoder", "payloads")
+
+    def __getattr__(name):  # type: ignore[no-untyped-def, unused-ignore]
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in ("cbor", "codes", "payloads"):
+            __import__("cewire." + name)
+            return sys.modules["cewire." + name]
+        for sub in _WHERE:
+            full = "cewire." + sub
+            mod = sys.modules.get(full)
+            if mod is None:
+                __import__(full)
+                mod = sys.modules[full]
+            if hasattr(mod, name):
+                return getattr(mod, name)
+        raise AttributeError(name)
+
+else:
+    from cewire import cbor, codes, payloads
+    from cewire.cobs import StreamDecoder, cobs_decode, cobs_encode, encoded_size
+    from cewire.encoder import Encoder
+    from cewire.errors import (
+        E_COBS,
+        E_HEADER,
+        E_KEY_ID,
+        E_MAC,
+        E_OVERSIZE,
+        E_PAYLOAD,
+        E_RANGE,
+        E_REPLAY,
+        E_TRUNCATED,
+        E_TYPE,
+        E_UNKNOWN_NODE,
+        E_VERSION,
+        WireError,
+    )
+    from cewire.frame import (
+        CH_BULK,
+        CH_CTRL,
+        DIR_ANY,
+        DIR_DOWN,
+        DIR_UP,
+        HEADER_LEN,
+        MAC_LEN,
+        MAX_FRAME,
+        MAX_PAYLOAD,
+        N_CHANNELS,
+        PRIO_HIGH,
+        PRIO_LOW,
+        PRIO_MEDIUM,
+        PRIO_NONE,
+        T_ACK,
+        T_CMD,
+        T_CMD_ACK,
+        T_DATA,
+        T_EVENT,
+        T_HELLO,
+        T_TIME,
+        TYPE_NAMES,
+        VERSION,
+        Frame,
+        Key,
+        Keyring,
+        channel_of,
+        decode_frame,
+        encode_frame,
+        encode_into,
+        flags_for,
+    )
+    from cewire.replay import WINDOW, Receiver, ReplayWindow
+
+    __all__ = [
+        "CH_BULK", "CH_CTRL", "DIR_ANY", "DIR_DOWN", "DIR_UP", "E_COBS", "E_HEADER", "E_KEY_ID", "E_MAC",
+        "E_OVERSIZE", "E_PAYLOAD", "E_RANGE", "E_REPLAY", "E_TRUNCATED", "E_TYPE", "E_UNKNOWN_NODE", "E_VERSION",
+        "HEADER_LEN", "MAC_LEN", "MAX_FRAME", "MAX_PAYLOAD", "N_CHANNELS", "PRIO_HIGH", "PRIO_LOW", "PRIO_MEDIUM",
+        "PRIO_NONE", "TYPE_NAMES", "T_ACK", "T_CMD", "T_CMD_ACK", "T_DATA", "T_EVENT", "T_HELLO", "T_TIME",
+        "VERSION", "WINDOW", "Encoder", "Frame", "Key", "Keyring", "Receiver", "ReplayWindow", "StreamDecoder",
+        "WireError", "cbor", "channel_of", "cobs_decode", "cobs_encode", "codes", "decode_frame", "encode_frame",
+        "encode_into", "encoded_size", "flags_for", "payloads",
+    ]

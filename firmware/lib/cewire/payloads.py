@@ -5,6 +5,8 @@ and return plain values, raising WireError(E_PAYLOAD) when a required field is m
 Labels, units and scales are listed in docs/protocol.md ("Payloads").
 """
 
+import sys
+
 from cewire import cbor
 from cewire.errors import E_PAYLOAD, WireError
 
@@ -64,30 +66,33 @@ Q_QUESTIONABLE = const(4)
 Q_INVALID = const(8)
 Q_UNAVAILABLE = const(16)
 
-# label: (SenML name, SenML unit, decimal scale) — the gateway turns a scaled int v into v * 10**scale
-FIELDS = {
-    L_LEVEL: ("level", "%", -1),
-    L_POWER: ("power", "W", -1),
-    L_VOLTAGE: ("voltage", "V", -1),
-    L_CURRENT: ("current", "A", -3),
-    L_ENERGY: ("energy", "Wh", 0),
-    L_LUX: ("lux", "lx", -1),
-    L_BURN: ("burn", "s", 0),
-    L_SWITCHES: ("switches", "count", 0),
-    L_TEMP: ("temp", "Cel", -2),
-    L_HR: ("hr", "beat/min", -1),
-    L_SPO2: ("spo2", "%", -1),
-    L_PI: ("pi", "%", -2),
-    L_SQI: ("sqi", "%", 0),
-    L_BAT_MV: ("battery", "V", -3),
-    L_BAT_PCT: ("battery_charge", "%EL", 0),
-    L_QUALITY: ("quality", "", 0),
-    L_PF: ("pf", "/", -2),
-    L_DRV_TEMP: ("driver_temp", "Cel", -2),
-    L_HEAP: ("heap_free", "B", 0),
-    L_UPTIME: ("uptime", "s", 0),
-    L_DROPPED: ("dropped", "count", 0),
-}
+# label: (SenML name, SenML unit, decimal scale) — the gateway turns a scaled int v into v * 10**scale.
+# Gateway-side table: not built on a node, where it would only take heap.
+if sys.implementation.name != "micropython":
+    FIELDS = {
+        L_LEVEL: ("level", "%", -1),
+        L_POWER: ("power", "W", -1),
+        L_VOLTAGE: ("voltage", "V", -1),
+        L_CURRENT: ("current", "A", -3),
+        L_ENERGY: ("energy", "Wh", 0),
+        L_LUX: ("lux", "lx", -1),
+        L_BURN: ("burn", "s", 0),
+        L_SWITCHES: ("switches", "count", 0),
+        L_TEMP: ("temp", "Cel", -2),
+        L_HR: ("hr", "beat/min", -1),
+        L_SPO2: ("spo2", "%", -1),
+        L_PI: ("pi", "%", -2),
+        L_SQI: ("sqi", "%", 0),
+        L_BAT_MV: ("battery", "V", -3),
+        L_BAT_PCT: ("battery_charge", "%EL", 0),
+        L_QUALITY: ("quality", "", 0),
+        L_PF: ("pf", "/", -2),
+        L_DRV_TEMP: ("driver_temp", "Cel", -2),
+        L_HEAP: ("heap_free", "B", 0),
+        L_UPTIME: ("uptime", "s", 0),
+        L_DROPPED: ("dropped", "count", 0),
+    }
+
 
 # --- EVENT labels
 E_CODE = const(0)
