@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from cityedge.errors import ConfigError
+from gateway.commands import CommandRequest, CommandResult
 from gateway.vision.config import LightingRule, load_vision_config
 from gateway.vision.detector import Detection
 from gateway.vision.lighting import AdaptiveLighting, CameraView, is_night
@@ -126,28 +128,29 @@ def test_class_filter_on_zone() -> None:
 # ---------------------------------------------------------------------------------------------- lighting
 
 
-def _rule(**kw: object) -> LightingRule:
-    base: dict[str, object] = {"camera": "north", "zone": "crossing", "nodes": (17, 18), "level": 90,
+def _rule(**kw: Any) -> LightingRule:
+    base: dict[str, Any] = {"camera": "north", "zone": "crossing", "nodes": (17, 18), "level": 90,
                                "hold_s": 20.0, "night": "clock"}
     base.update(kw)
-    return LightingRule(**base)  # type: ignore[arg-type]
+    return LightingRule(**base)
 
 
 NIGHT = dt.datetime(2026, 11, 21, 22, 30)
 NOON = dt.datetime(2026, 11, 21, 12, 0)
 
 
-async def _no_submit(req: object) -> object:
+async def _no_submit(req: CommandRequest) -> CommandResult:
     raise AssertionError("decide() must not submit")
 
 
 def test_lighting_boosts_at_night_only_while_present_and_streaming() -> None:
-    al = AdaptiveLighting([_rule()], _no_submit)  # type: ignore[arg-type]
+    al = AdaptiveLighting([_rule()], _no_submit)
     present = {"north": CameraView(True, {"crossing": {"pedestrian": 1}})}
     empty = {"north": CameraView(True, {"crossing": {}})}
     reqs = [r for _, r in al.decide(present, 0.0, NIGHT)]
+    boost = {"level": 900, "duration": 20}  # the firmware's units: permille and seconds
     assert [(r.node_id, r.name, dict(r.args), r.source) for r in reqs] == [
-        (17, "boost", {"level": 90, "duration_s": 20}, "local"), (18, "boost", {"level": 90, "duration_s": 20}, "local")]
+        (17, "boost", boost, "local"), (18, "boost", boost, "local")]
     assert len({r.command_id for r in reqs}) == 2
     assert al.decide(present, 5.0, NIGHT) == []  # boost still running: no repeat yet
     assert len(al.decide(present, 10.0, NIGHT)) == 2  # hold_s / 2: extended before it lapses
@@ -159,7 +162,7 @@ def test_lighting_boosts_at_night_only_while_present_and_streaming() -> None:
 
 
 def test_lighting_class_filter_and_night_modes() -> None:
-    al = AdaptiveLighting([_rule(classes=frozenset({"vehicle"}))], _no_submit)  # type: ignore[arg-type]
+    al = AdaptiveLighting([_rule(classes=frozenset({"vehicle"}))], _no_submit)
     assert al.decide({"north": CameraView(True, {"crossing": {"pedestrian": 2}})}, 0.0, NIGHT) == []
     assert is_night(_rule(night="clock", night_start="18:00", night_end="07:00"), dt.datetime(2026, 1, 1, 6, 59), None)
     assert not is_night(_rule(night="clock", night_start="18:00", night_end="07:00"),

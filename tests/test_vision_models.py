@@ -95,7 +95,7 @@ def test_bad_model_files_give_clear_errors(tmp_path: Path) -> None:
         Detector(FIX / "yolo5_float.tflite", backend="onnx")
 
 
-def _held_out(n: int, seed: int) -> tuple[list[np.ndarray], list[list[tuple[int, tuple[float, ...]]]]]:
+def _held_out(n: int, seed: int) -> tuple[list[np.ndarray], list[list[tuple[int, tuple[float, float, float, float]]]]]:
     rng = np.random.default_rng(seed)
     frames, truth = [], []
     for _ in range(n):
@@ -106,12 +106,12 @@ def _held_out(n: int, seed: int) -> tuple[list[np.ndarray], list[list[tuple[int,
 
 
 @pytest.fixture(scope="module")
-def held_out() -> tuple[list[np.ndarray], list[list[tuple[int, tuple[float, ...]]]]]:
+def held_out() -> tuple[list[np.ndarray], list[list[tuple[int, tuple[float, float, float, float]]]]]:
     return _held_out(60, seed=424242)  # a seed the training never used
 
 
 @pytest.mark.parametrize("model", [STREET, STREET_FLOAT], ids=["int8", "float"])
-def test_street_detector_ssd_accuracy(backend: str, model: Path, held_out: tuple) -> None:  # type: ignore[type-arg]
+def test_street_detector_ssd_accuracy(backend: str, model: Path, held_out: tuple) -> None:
     det = Detector(model, LABELS, backend=backend, min_score=0.05)
     assert det.kind == "ssd"
     assert det.labels == list(CLASSES)
@@ -138,7 +138,7 @@ def test_coco_style_label_map_with_unused_first_id(backend: str, tmp_path: Path)
     assert labels == {"vehicle"}
 
 
-def test_xnnpack_off_gives_same_detections(held_out: tuple) -> None:  # type: ignore[type-arg]
+def test_xnnpack_off_gives_same_detections(held_out: tuple) -> None:
     frames, _ = held_out
     on = Detector(STREET, LABELS, backend=BACKENDS[0], xnnpack=True)
     off = Detector(STREET, LABELS, backend=BACKENDS[0], xnnpack=False, threads=2)

@@ -185,6 +185,15 @@ class Detector:
 
     # ------------------------------------------------------------------ inference
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The model's input tensor for a BGR image (resized, RGB, scaled as the input type needs)."""
+        return self._prepare(image)
+
+    def invoke_prepared(self, tensor: np.ndarray) -> None:
+        """Run the model on an already prepared input (the detector-only rate the benchmark quotes)."""
+        self._interp.set_tensor(self._input["index"], tensor)
+        self._interp.invoke()
+
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         w, h = self.input_size
         rgb = cv2.cvtColor(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
@@ -195,23 +204,36 @@ class Detector:
             return (rgb.astype(np.int16) - 128).astype(np.int8)[None]
         return ((rgb.astype(np.float32) - self._mean) / self._std)[None].astype(dtype)
 
-    def _output(self, index: int) -> np.ndarray:
-        detail = next(d for d in self._outputs if int(d["index"]) == index) if self.kind != "ssd" else None
-        raw = self._interp.get_tensor(index)
-        if detail is not None and raw.dtype in (np.int8, np.uint8):
+    def _dequantize(self, index: int, raw: np.ndarray) -> np.ndarray:
+        if raw.dtype in (np.int8, np.uint8):
+            detail = next(d for d in self._outputs if int(d["index"]) == index)
             scale, zero = detail["quantization"]
             if scale:
                 return (raw.astype(np.float32) - zero) * scale
         return raw
 
     def invoke(self, image: np.ndarray) -> None:
-        """Run the model once on a BGR image (the detector-only path the benchmark measures)."""
-        self._interp.set_tensor(self._input["index"], self._prepare(image))
-        self._interp.invoke()
+        """Run the model once on a BGR image."""
+        self.invoke_prepared(self._prepare(image))
 
-    def detect(self, frame: np.ndarray,
-               regions: Sequence[tuple[int, int, int, int]] | None = None) -> list[Detection]:
-        """Detections in ``frame`` (BGR, any size). ``regions`` (x0, y0, x1, y1) only matter to classifiers."""
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run the model on a prepared input; returns copies of the outputs the adapter reads (float)."""
+        self.invoke_prepared(tensor)
+        return [self._dequantize(i, self._interp.get_tensor(i)) for i in self._out_index]
+
+    def decode(self, outputs: list[np.ndarray], frame_size: tuple[int, int]) -> list[Detection]:
+        """Detections (frame pixels) from :meth:`infer` outputs; ``frame_size`` = (width, height)."""
+        fw, fh = frame_size
+        if self.kind == "ssd":
+            return self._decode_ssd(outputs, fw, fh)
+        if self.kind == "yolo":
+            return self._decode_yolo(outputs, fw, fh)
+        raise ModelError("decode() is for detectors; classifiers use detect()")
+
+    def detect(self, frame: np.ndarray, regions: Sequence[tuple[int, int, int, int]] | None = None,
+               tensor: np.ndarray | None = None) -> list[Detection]:
+        """Detections in ``frame`` (BGR, any size). ``regions`` (x0, y0, x1, y1) only matter to classifiers;
+        ``tensor``: the frame already prepared with :meth:`prepare` (saves the resize)."""
         if self.kind == "classifier":
             out = []
             for x0, y0, x1, y1 in regions or [(0, 0, frame.shape[1], frame.shape[0])]:
@@ -219,11 +241,8 @@ class Detector:
                 if crop.size:
                     out.extend(self._classify(crop, (x0, y0, x1, y1)))
             return out
-        self.invoke(frame)
-        fh, fw = frame.shape[:2]
-        if self.kind == "ssd":
-            return self._decode_ssd(fw, fh)
-        return self._decode_yolo(fw, fh)
+        outputs = self.infer(self._prepare(frame) if tensor is None else tensor)
+        return self.decode(outputs, (frame.shape[1], frame.shape[0]))
 
     def _label(self, class_id: int) -> str:
         if self.labels and self.labels[0] == "???" and len(self.labels) > 1:
@@ -232,24 +251,19 @@ class Detector:
             return self.labels[class_id]
         return str(class_id)
 
-    def _decode_ssd(self, fw: int, fh: int) -> list[Detection]:
-        b_i, c_i, s_i, n_i = self._out_index
-        boxes = self._output(b_i)[0]
-        classes = self._output(c_i)[0]
-        scores = self._output(s_i)[0]
-        count = min(int(self._output(n_i).reshape(-1)[0]), len(scores))
+    def _decode_ssd(self, outputs: list[np.ndarray], fw: int, fh: int) -> list[Detection]:
+        boxes, classes, scores, count_t = (o.reshape(-1) if i else o for i, o in enumerate(outputs))
+        boxes = boxes.reshape(-1, 4)
+        count = min(int(count_t[0]), len(scores))
         out = []
-        for k in range(count):
-            score = float(scores[k])
-            if score < self.min_score:
-                continue
-            y0, x0, y1, x1 = (float(v) for v in np.clip(boxes[k], 0.0, 1.0))
+        for k in np.nonzero(scores[:count] >= self.min_score)[0]:
+            y0, x0, y1, x1 = np.clip(boxes[k], 0.0, 1.0).tolist()
             cid = int(classes[k])
-            out.append(Detection(self._label(cid), score, (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid))
+            out.append(Detection(self._label(cid), float(scores[k]), (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid))
         return out
 
-    def _decode_yolo(self, fw: int, fh: int) -> list[Detection]:
-        raw = self._output(self._out_index[0])[0].astype(np.float32)
+    def _decode_yolo(self, outputs: list[np.ndarray], fw: int, fh: int) -> list[Detection]:
+        raw = outputs[0][0].astype(np.float32)
         n_labels = len([lb for lb in self.labels if lb != "???"]) if self.labels else 0
         widths = (4 + n_labels, 5 + n_labels) if n_labels else ()
         if widths and raw.shape[1] in widths and raw.shape[0] not in widths:
@@ -292,8 +306,7 @@ class Detector:
         return out
 
     def _classify(self, crop: np.ndarray, box: tuple[int, int, int, int]) -> list[Detection]:
-        self.invoke(crop)
-        probs = self._output(self._out_index[0])[0].astype(np.float32)
+        probs = self.infer(self._prepare(crop))[0][0].astype(np.float32)
         cid = int(np.argmax(probs))
         score = float(probs[cid])
         if score < self.min_score:

@@ -45,6 +45,12 @@ def is_night(rule: LightingRule, local_time: dt.datetime, scene_grey: float | No
     return (start <= now or now < end) if start > end else (start <= now < end)
 
 
+def boost_args(level_pct: int, hold_s: float) -> dict[str, int]:
+    """The streetlight firmware's ``boost`` arguments (firmware/apps/streetlight/app.py ``on_cmd``):
+    ``level`` in permille (0..1000) and ``duration`` in seconds."""
+    return {"level": int(level_pct) * 10, "duration": max(1, round(hold_s))}
+
+
 @dataclass
 class CameraView:
     """What the rule needs to know about a camera at one moment."""
@@ -90,7 +96,7 @@ class AdaptiveLighting:
                 out.append((rule, CommandRequest(
                     command_id=f"local-boost-{rule.camera}-{rule.zone}-{node}-{int(local_time.timestamp())}-{self._seq}",
                     node_id=node, name="boost",
-                    args={"level": rule.level, "duration_s": round(rule.hold_s)},
+                    args=boost_args(rule.level, rule.hold_s),
                     timeout_s=self.timeout_s, source="local")))
         return out
 

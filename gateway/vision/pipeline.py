@@ -1,21 +1,26 @@
 """The per-camera pipeline: capture → motion gate → detector → tracker → zones/lines → events.
 
-Two threads per camera, so a slow detector never builds a backlog:
+Three threads per camera, so a slow detector never builds a backlog:
 
-* the **capture thread** reads every frame, runs the (cheap) motion gate on it and leaves only the newest
-  gated frame in a one-slot mailbox; when the source fails it reports ``reconnecting`` and reopens it with
-  exponential backoff and jitter (a camera that does not come back is reported ``lost``);
-* the **analysis thread** takes the newest frame whenever it is free, runs the detector if the gate saw
-  motion (or, while objects are being tracked, at least every ``keepalive_s`` so stopped objects keep
-  their tracks), then the tracker and the zone/line analytics, and hands the events to a callback.
+* the **capture thread** reads every frame, runs the (cheap) motion gate on it and, if something moved,
+  prepares the model input; only the newest such frame waits in a one-slot mailbox. When the source fails
+  it reports ``reconnecting`` and reopens it with exponential backoff and jitter (a camera that does not
+  come back is reported ``lost``);
+* the **inference thread** takes the newest frame whenever it is free and invokes the detector if the gate
+  saw motion (or, while objects are tracked, at least every ``keepalive_s`` so stopped objects keep their
+  tracks);
+* the **tracking thread** decodes the model outputs, runs the tracker and the zone/line analytics, in
+  order, and hands the events to a callback.
 
-:class:`FrameAnalyzer` is the same analysis, synchronous and deterministic (tests and benchmarks feed it
-frames with timestamps). OpenCV and the TFLite runtimes release the GIL, so the two threads overlap.
+:class:`FrameAnalyzer` holds the three stages; ``analyze()`` runs them in order, synchronously and
+deterministically (tests and benchmarks feed it frames with timestamps). OpenCV and the TFLite runtimes
+release the GIL, so the stages overlap on a multi-core gateway.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
@@ -48,15 +53,41 @@ class FrameResult:
     events: list[VisionEvent] = field(default_factory=list)
 
 
+@dataclass
+class Gated:
+    """Stage 1 output: a frame, its motion-gate verdict and (if it moved) the model input already made."""
+
+    frame: np.ndarray
+    ts: float
+    gate: GateResult
+    tensor: np.ndarray | None = None
+
+
+@dataclass
+class Inferred:
+    """Stage 2 output: the raw model outputs (or a classifier's detections), if the detector ran."""
+
+    frame_size: tuple[int, int]
+    ts: float
+    ran: bool
+    outputs: list[np.ndarray] | None = None
+    detections: list[Detection] | None = None
+
+
 class FrameAnalyzer:
-    """Motion gate + detector + tracker + analytics for one camera, driven frame by frame."""
+    """Motion gate + detector + tracker + analytics for one camera, in three stages.
+
+    :meth:`gate_frame` (motion gate, and the model input if something moved), :meth:`infer` (the TFLite
+    invoke, when needed) and :meth:`track` (decode, tracker, zones/lines). The camera worker runs each
+    stage in its own thread; :meth:`analyze` runs all three in order (tests, benchmarks).
+    """
 
     def __init__(self, detector: Detector, analytics: Analytics, *, gate: MotionGate | None = None,
                  tracker: Tracker | None = None, keepalive_s: float = 1.0, always_detect: bool = False) -> None:
         self.detector = detector
         self.analytics = analytics
         self.gate = gate or MotionGate()
-        self.tracker = tracker or Tracker(min_hits=analytics.min_hits)
+        self.tracker = tracker or Tracker(min_hits=analytics.min_hits, max_missed_s=max(1.5, 2 * keepalive_s))
         self.keepalive_s = keepalive_s
         self.always_detect = always_detect
         self.frames = 0
@@ -65,58 +96,85 @@ class FrameAnalyzer:
         self.last_detections: list[Detection] = []
         self.last_mean_grey = 0.0
 
-    def analyze(self, frame: np.ndarray, ts: float, gate: GateResult | None = None) -> FrameResult:
-        """Analyse ``frame`` taken at ``ts`` seconds; ``gate`` if the motion gate already ran on it."""
-        self.frames += 1
-        if gate is None:
-            gate = self.gate(frame)
-        need = (self.always_detect or gate.motion
-                or (self.tracker.tracks and ts - self._last_detect >= self.keepalive_s))
+    def gate_frame(self, frame: np.ndarray, ts: float) -> Gated:
+        """Stage 1: motion gate; if something moved, also prepare the detector's input."""
+        gate = self.gate(frame)
+        tensor = None
+        if (gate.motion or self.always_detect) and self.detector.kind != "classifier":
+            tensor = self.detector.prepare(frame)
+        return Gated(frame, ts, gate, tensor)
+
+    def infer(self, g: Gated) -> Inferred:
+        """Stage 2: run the model if the gate saw motion, or tracks need a keep-alive look."""
+        size = (g.frame.shape[1], g.frame.shape[0])
+        need = (self.always_detect or g.gate.motion
+                or (bool(self.tracker.tracks) and g.ts - self._last_detect >= self.keepalive_s))
         if not need:
-            if self.tracker.tracks:  # nothing moves: age tracks out without running the detector
-                _, ended = self.tracker.update_missing(ts)
-                return FrameResult(ts, False, events=self.analytics.update([], ended, ts))
-            return FrameResult(ts, False, events=self.analytics.update([], [], ts))
-        dets = self.detector.detect(frame, gate.regions)
+            return Inferred(size, g.ts, False)
         self.detections_run += 1
-        self._last_detect = ts
+        self._last_detect = g.ts
+        self.last_mean_grey = float(g.frame[::8, ::8].mean())
+        if self.detector.kind == "classifier":
+            return Inferred(size, g.ts, True, detections=self.detector.detect(g.frame, g.gate.regions))
+        tensor = g.tensor if g.tensor is not None else self.detector.prepare(g.frame)
+        return Inferred(size, g.ts, True, outputs=self.detector.infer(tensor))
+
+    def track(self, r: Inferred) -> FrameResult:
+        """Stage 3: decode, track, and turn tracks into zone/line events."""
+        self.frames += 1
+        if not r.ran:
+            _, ended = self.tracker.update_missing(r.ts)
+            return FrameResult(r.ts, False, events=self.analytics.update([], ended, r.ts))
+        if r.detections is not None:
+            dets = r.detections
+        else:
+            assert r.outputs is not None
+            dets = self.detector.decode(r.outputs, r.frame_size)
         self.last_detections = dets
-        self.last_mean_grey = float(frame[::8, ::8].mean())
-        updated, ended = self.tracker.update(dets, ts)
-        events = self.analytics.update(updated, ended, ts)
-        return FrameResult(ts, True, dets, updated, events)
+        updated, ended = self.tracker.update(dets, r.ts)
+        return FrameResult(r.ts, True, dets, updated, self.analytics.update(updated, ended, r.ts))
+
+    def analyze(self, frame: np.ndarray, ts: float) -> FrameResult:
+        """All three stages on ``frame`` taken at ``ts`` seconds."""
+        return self.track(self.infer(self.gate_frame(frame, ts)))
 
 
 class CameraWorker:
-    """Runs one camera's capture and analysis threads; reports state and progress.
+    """Runs one camera's three threads (capture+gate, inference, tracking); reports state and progress.
 
     ``state``: ``starting`` → ``streaming`` ⇄ ``reconnecting`` → ``lost`` (no frame for ``stall_s``) or
-    ``stopped``. ``alive_at`` (monotonic) advances on every turn of both threads, including while waiting
+    ``stopped``. ``alive_at`` (monotonic) advances on every turn of every thread, including while waiting
     to reconnect: the agent's watchdog uses it to tell a hung worker from a camera that is merely absent.
+
+    Live cameras drop frames the detector has no time for (``frames_skipped``); with ``lossless=True``
+    the capture thread instead waits until the previous frame was taken (benchmarks, in-memory sources).
     """
 
     def __init__(self, config: CameraConfig, analyzer: FrameAnalyzer, sink: EventSink, *,
                  source_factory: SourceFactory | None = None,
-                 on_state: Callable[[str, str, str], None] | None = None) -> None:
+                 on_state: Callable[[str, str, str], None] | None = None, lossless: bool = False) -> None:
         self.config = config
         self.name = config.name
         self.analyzer = analyzer
         self._sink = sink
         self._factory = source_factory or (lambda: open_source(config.source, fps=config.fps, loop=config.loop))
         self._on_state = on_state
+        self.lossless = lossless
         self.state = "starting"
         self.state_detail = ""
         self.alive_at = time.monotonic()
         self.frames_captured = 0
         self.frames_analyzed = 0
-        self.frames_skipped = 0  # newer frames replaced this one before analysis: no backlog, by design
+        self.frames_skipped = 0  # newer frames replaced this one before inference: no backlog, by design
+        self.frame_errors = 0
         self.reconnects = 0
         self.last_frame_at: float | None = None
-        self._slot: tuple[np.ndarray, float, GateResult] | None = None
+        self.latest_frame: np.ndarray | None = None
+        self._slot: Gated | None = None
         self._cond = threading.Condition()
+        self._results: queue.Queue[Inferred | None] = queue.Queue(maxsize=4)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.latest_frame: np.ndarray | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,7 +182,8 @@ class CameraWorker:
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._capture_loop, name=f"cam-{self.name}-capture", daemon=True),
-            threading.Thread(target=self._analysis_loop, name=f"cam-{self.name}-analysis", daemon=True),
+            threading.Thread(target=self._infer_loop, name=f"cam-{self.name}-infer", daemon=True),
+            threading.Thread(target=self._track_loop, name=f"cam-{self.name}-track", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -149,7 +208,7 @@ class CameraWorker:
         if self._on_state is not None:
             self._on_state(self.name, state, detail)
 
-    # ------------------------------------------------------------------ capture thread
+    # ------------------------------------------------------------------ stage 1: capture + motion gate
 
     def _capture_loop(self) -> None:
         cfg = self.config
@@ -184,12 +243,19 @@ class CameraWorker:
             self.frames_captured += 1
             self.last_frame_at = now
             self.latest_frame = frame
-            gate = self.analyzer.gate(frame)
+            try:
+                gated = self.analyzer.gate_frame(frame, now)
+            except Exception:  # a malformed frame (wrong shape, empty): count it, drop it, go on
+                self.frame_errors += 1
+                log.exception("camera %s: frame dropped", self.name)
+                continue
             with self._cond:
+                while self.lossless and self._slot is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
                 if self._slot is not None:
                     self.frames_skipped += 1
-                self._slot = (frame, now, gate)
-                self._cond.notify()
+                self._slot = gated
+                self._cond.notify_all()
             self._set_state("streaming")
         if source is not None:
             source.close()
@@ -203,22 +269,55 @@ class CameraWorker:
             self._stop.wait(min(left, 0.5))
             self.alive_at = time.monotonic()
 
-    # ------------------------------------------------------------------ analysis thread
+    # ------------------------------------------------------------------ stage 2: inference
 
-    def _analysis_loop(self) -> None:
+    def _infer_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
                 if self._slot is None:
                     self._cond.wait(0.5)
                 item, self._slot = self._slot, None
+                self._cond.notify_all()
             self.alive_at = time.monotonic()
             if item is None:
                 continue
-            frame, ts, gate = item
             try:
-                result = self.analyzer.analyze(frame, ts, gate)
-            except Exception:  # one bad frame must not end the camera: count it and go on
-                log.exception("camera %s: analysis failed on a frame", self.name)
+                result = self.analyzer.infer(item)
+            except Exception:
+                self.frame_errors += 1
+                log.exception("camera %s: inference failed on a frame", self.name)
+                continue
+            while not self._stop.is_set():
+                try:
+                    self._results.put(result, timeout=0.5)
+                    break
+                except queue.Full:
+                    self.alive_at = time.monotonic()
+        self._results.put(None)
+
+    # ------------------------------------------------------------------ stage 3: tracking and events
+
+    def _track_loop(self) -> None:
+        while True:
+            try:
+                item = self._results.get(timeout=0.5)
+            except queue.Empty:
+                self.alive_at = time.monotonic()
+                if self._stop.is_set() and not any(
+                        t.is_alive() for t in self._threads if t.name.endswith("-infer")):
+                    return
+                events = self.analyzer.analytics.tick(time.monotonic())  # counts go out without frames too
+                if events:
+                    self._sink(self.name, events)
+                continue
+            if item is None:
+                return
+            self.alive_at = time.monotonic()
+            try:
+                result = self.analyzer.track(item)
+            except Exception:
+                self.frame_errors += 1
+                log.exception("camera %s: tracking failed on a frame", self.name)
                 continue
             self.frames_analyzed += 1
             if result.events:

@@ -255,6 +255,7 @@ class VideoSpec:
     noise: float = 2.0
     size: tuple[int, int] = (WIDTH, HEIGHT)
     line_x: float = WIDTH / 2  # the vertical counting line the ground truth counts crossings of
+    spawns: tuple[tuple[int, int, int], ...] = ()  # (frame, class, direction ±1): exactly these, no random ones
 
 
 @dataclass
@@ -284,6 +285,11 @@ class SceneVideo:
         spec = self.spec
         rng = np.random.default_rng(spec.seed)
         bg = render_background(rng, spec.night)
+        bank = []
+        if spec.noise > 0:
+            for _ in range(6):
+                n = rng.normal(0.0, spec.noise, (spec.size[1], spec.size[0], 3))
+                bank.append((np.clip(n, 0, 255).astype(np.uint8), np.clip(-n, 0, 255).astype(np.uint8)))
         movers: list[_Mover] = []
         next_track = 1
         self.truth.frames.clear()
@@ -291,14 +297,21 @@ class SceneVideo:
             c["ltr"] = c["rtl"] = 0
         lanes_busy: dict[tuple[int, int], int] = {}
         for _ in range(spec.frames):
-            if spec.classes and rng.random() < spec.rate / spec.fps:
-                cls = int(rng.choice(spec.classes))
-                direction = int(rng.choice([-1, 1]))
+            frame_no = len(self.truth.frames)
+            scripted = [(c, d) for f, c, d in spec.spawns if f == frame_no]
+            random_spawn = not spec.spawns and bool(spec.classes) and rng.random() < spec.rate / spec.fps
+            spawn = bool(scripted) or random_spawn
+            if spawn:
+                if scripted:
+                    cls, direction = scripted[0]
+                else:
+                    cls = int(rng.choice(spec.classes))
+                    direction = int(rng.choice([-1, 1]))
                 size = _random_size(rng, cls)
                 yb = _lane_bottom(rng, cls)
                 lane = (cls, int(yb // 40))
                 # Keep same-lane objects apart so the ground truth never has one object hiding another.
-                if lanes_busy.get(lane, -10_000) < len(self.truth.frames) - int(size / 2):
+                if scripted or lanes_busy.get(lane, -10_000) < len(self.truth.frames) - int(size / 2):
                     lanes_busy[lane] = len(self.truth.frames)
                     speed = float(rng.uniform(*((6, 12), (1.5, 3), (3.5, 6))[cls])) * direction
                     x = -size if direction > 0 else float(spec.size[0])
@@ -312,7 +325,11 @@ class SceneVideo:
                 clipped = _clip(box)
                 if _area(clipped) > 150:
                     objs.append(SceneObject(m.cls, clipped, m.track))
-            img = _finish(img, rng, spec.night, spec.noise)
+            if spec.night:
+                img = cv2.convertScaleAbs(img, alpha=0.75, beta=0)
+            if bank:  # sensor noise: a few precomputed fields, applied with saturating uint8 arithmetic
+                pos, neg = bank[int(rng.integers(len(bank)))]
+                img = cv2.subtract(cv2.add(img, pos), neg)
             self.truth.frames.append(objs)
             yield img, objs
             for m in movers:

@@ -72,6 +72,7 @@ class VisionService:
         self.workers: dict[str, CameraWorker] = {}
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._snapshot_detector: Detector | None = None
         self.dropped = 0  # events lost because the queue to the outbox was full (outbox stalled)
         self.published = 0
 
@@ -138,19 +139,30 @@ class VisionService:
         if self._watchdog is not None:
             beats = {name: self._watchdog.register(f"vision:{name}") for name in self.workers}
         next_rule = 0.0
-        while True:
-            try:
-                event = await asyncio.wait_for(self._queue.get(), 0.25)
-                await self._publish_one(event)
-            except TimeoutError:
-                pass
-            now = time.monotonic()
-            for name, worker in self.workers.items():
-                if name in beats and now - worker.alive_at < 5.0:
-                    beats[name].beat()
-            if self.lighting is not None and now >= next_rule:
-                next_rule = now + 0.5
-                self.evaluate_lighting(now)
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that races with
+        # a completed get(), and this loop would never end.
+        getter: asyncio.Task[Event] | None = None
+        try:
+            while True:
+                if getter is None:
+                    getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=0.25)
+                if getter in done:
+                    event, getter = getter.result(), None
+                    await self._publish_one(event)
+                now = time.monotonic()
+                for name, worker in self.workers.items():
+                    if name in beats and now - worker.alive_at < 5.0:
+                        beats[name].beat()
+                if self.lighting is not None and now >= next_rule:
+                    next_rule = now + 0.5
+                    self.evaluate_lighting(now)
+        finally:
+            if getter is not None:
+                if getter.done() and not getter.cancelled():
+                    self._queue.put_nowait(getter.result())  # published on exit, not lost
+                else:
+                    getter.cancel()
 
     def views(self) -> dict[str, CameraView]:
         """What each camera shows now, for the lighting rules."""
@@ -195,8 +207,10 @@ class VisionService:
         frame = worker.latest_frame
         if frame is None:
             raise CityedgeError(f"camera {camera!r} has no frame yet (state: {worker.state})")
-        dets = worker.analyzer.detector.detect(frame)
-        return encode_private_jpeg(frame, dets)
+        if self._snapshot_detector is None:  # its own interpreter: the camera threads own theirs
+            c = self.config
+            self._snapshot_detector = Detector(c.model, c.labels, backend=c.backend, min_score=0.25)
+        return encode_private_jpeg(frame, self._snapshot_detector.detect(frame))
 
 
 def encode_private_jpeg(frame: np.ndarray, detections: list[Detection]) -> bytes:

@@ -192,6 +192,14 @@ class Analytics:
                                                            "label": t.label,
                                                            "seconds": round(now - t.still_since, 1)}))
 
+    def tick(self, now: float) -> list[VisionEvent]:
+        """The ``counts`` event if its interval has ended (called when no frame comes: quiet or lost camera)."""
+        if self._interval_start is None:
+            self._interval_start = now
+        if now - self._interval_start >= self.interval_s:
+            return [self.flush_counts(now)]
+        return []
+
     def flush_counts(self, now: float) -> VisionEvent:
         """The ``counts`` event for the interval ending now; starts a new interval."""
         start = self._interval_start if self._interval_start is not None else now
