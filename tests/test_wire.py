@@ -250,5 +250,5 @@ def test_fuzz_decoders_for_a_bounded_time() -> None:
         dec.feed(data)
         assert time.monotonic() - t0 < 0.5
         n += 1
-    assert n > 5000
+    assert n > 1000  # the loop really ran (about 50k on an idle core)
     assert accepted < n  # mutated frames are overwhelmingly refused (cbor of a tail may parse)

@@ -128,7 +128,7 @@ def test_vectors_on_micropython(mp: MicroPythonSession) -> None:
 def test_fuzz_on_micropython_raises_only_wire_errors(mp: MicroPythonSession) -> None:
     got = json.loads(mp.run(FUZZ).check().stdout)
     assert got["other"] == []
-    assert got["n"] > 300
+    assert got["n"] > 100  # the loop really ran (about 1,500 on an idle core)
 
 
 def test_encoding_a_frame_allocates_less_than_512_bytes(mp: MicroPythonSession) -> None:
