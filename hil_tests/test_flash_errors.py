@@ -128,3 +128,39 @@ def test_no_repl_answer(board: EmulatedBoard, cli: Cli) -> None:
         assert time.monotonic() - t0 < 15
     finally:
         board.power_on()
+
+
+def test_firmware_if_needed_flashes_a_board_without_micropython(board: EmulatedBoard, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A board whose MicroPython does not answer gets the image, then the deploy goes on. No RP2040 is
+    attached: a folder with INFO_UF2.TXT stands in for its BOOTSEL drive, and the emulated board is powered
+    on when the image lands there (as the RP2040 reboots into the new firmware)."""
+    import threading
+
+    from tools.flash import firmware as fw
+    from tools.flash.flow import Job, run_job
+
+    drive = tmp_path / "RPI-RP2"
+    drive.mkdir()
+    (drive / "INFO_UF2.TXT").write_text("UF2 Bootloader v3.0\nBoard-ID: RPI-RP2\n")
+    monkeypatch.setattr(fw, "find_uf2_drive", lambda roots=None: drive)
+    image = tmp_path / "RPI_PICO-v1.27.0.uf2"
+    image.write_bytes(b"UF2\n" * 64)
+
+    def reboot_when_copied() -> None:
+        deadline = time.monotonic() + 30
+        while not (drive / image.name).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        board.power_on()
+
+    board.power_off()
+    t = threading.Thread(target=reboot_when_copied)
+    t.start()
+    try:
+        r = run_job(Job(port=board.repl_port, role="bare", manifest=tmp_path / "m.json", ledger=None,
+                        firmware=image, firmware_if_needed=True, verify=False))
+    finally:
+        t.join()
+        board.power_on()
+    assert r["result"] == "ok", r
+    assert r["firmware_image"]["method"] == "uf2" and (drive / image.name).read_bytes() == image.read_bytes()

@@ -72,6 +72,8 @@ def register(subparsers: Any) -> None:
     d.add_argument("--board", default=DEFAULT_BOARD, help="pin map (firmware/boards/<board>.py)")
     d.add_argument("--max-tries", type=int, default=MAX_TRIES, help="failed boots before the node rolls back")
     d.add_argument("--firmware", type=Path, help="flash this MicroPython image first (.bin: esptool, .uf2: RP2040)")
+    d.add_argument("--firmware-if-needed", action="store_true",
+                   help="flash --firmware only when the board has no answering MicroPython")
     d.add_argument("--erase", action="store_true", help="erase the whole flash before writing --firmware")
     d.add_argument("--chip", help="ESP32 chip for --firmware (default: detect)")
     d.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -202,7 +204,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             reprovision=args.reprovision, link_port=args.link[i] if i < len(args.link) else None,
             verify=not args.no_verify, selftest=not args.no_selftest, boot_timeout=args.boot_timeout,
             source=args.source, board=args.board, max_tries=args.max_tries, firmware=args.firmware,
-            erase=args.erase, chip=args.chip, tree=args.tree,
+            erase=args.erase, chip=args.chip, tree=args.tree, firmware_if_needed=args.firmware_if_needed,
         ))
     bars = ProgressBoard([j.port for j in jobs], sys.stderr, enabled=not args.json)
 

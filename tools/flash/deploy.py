@@ -139,6 +139,13 @@ class DeployResult:
                 "seconds": round(self.seconds, 3)}
 
 
+def image_hashes(image: Image, slot: str) -> dict[str, str]:
+    """Board path → SHA-256 of every file of ``image`` with its app in ``slot`` (what the ledger records)."""
+    out = {f"{slot_dir(slot)}/{rel}": _sha(d) for rel, d in image.slot.items()}
+    out.update({p: _sha(d) for p, d in image.fixed.items()})
+    return out
+
+
 def _other(slot: str) -> str:
     return SLOTS[1 - SLOTS.index(slot)]
 
@@ -186,6 +193,7 @@ def deploy(board: Board, info: BoardInfo, image: Image, *, max_tries: int = MAX_
             and not (state or {}).get("rollback")):
         return DeployResult(slot=active, previous=(state or {}).get("previous"), version=image.version,
                             unchanged=True, kept=sorted(image.slot), bytes_image=image.size,
+                            hashes=image_hashes(image, active),
                             wire_bytes=board.repl.tx_bytes + board.repl.rx_bytes - wire0,
                             seconds=time.monotonic() - t0)
 
@@ -251,8 +259,7 @@ def deploy(board: Board, info: BoardInfo, image: Image, *, max_tries: int = MAX_
     if out[0] != _sha(image.manifest_bytes):
         raise FlashError("verification failed: the new slot's app.json differs on the board", port=board.port,
                          exit_code=EXIT_VERIFY, hint="run again")
-    result.hashes = {f"{base}/{rel}": _sha(d) for rel, d in image.slot.items()}
-    result.hashes.update({p: _sha(d) for p, d in image.fixed.items()})
+    result.hashes = image_hashes(image, target)
     result.wire_bytes = board.repl.tx_bytes + board.repl.rx_bytes - wire0
     result.seconds = time.monotonic() - t0
     say("deployed", 1.0)

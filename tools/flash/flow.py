@@ -21,7 +21,8 @@ from tools.flash import firmware as fw
 from tools.flash import ledger
 from tools.flash.board import Board
 from tools.flash.deploy import build_image, deploy, probe_roots, provision_board
-from tools.flash.errors import EXIT_FIRMWARE, FlashError
+from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, FlashError
+from tools.flash.ports import port_by_usb_serial
 from tools.flash.transport import RawRepl
 from tools.flash.verify import confirm_and_selftest, watch_boot
 
@@ -52,6 +53,7 @@ class Job:
     board: str = DEFAULT_BOARD
     max_tries: int = MAX_TRIES
     firmware: Path | None = None
+    firmware_if_needed: bool = False  # flash ``firmware`` only when no MicroPython answers
     erase: bool = False
     chip: str | None = None
     usb_serial: str | None = None
@@ -78,6 +80,46 @@ def _provision_decision(job: Job, node_on_board: dict[str, Any] | None) -> tuple
     return False, "kept the node's provisioning"
 
 
+def _flash_image(job: Job, rec: dict[str, Any], say: Progress) -> None:
+    """Write the MicroPython image; afterwards find the board again by its USB serial number if it has one
+    (a native-USB board may come back under another port name)."""
+    assert job.firmware is not None
+    say("firmware", 0.0)
+    if job.firmware.suffix.lower() == ".uf2":
+        res = fw.flash_uf2(job.firmware)
+    else:
+        res = fw.flash_esp32(job.port, job.firmware, erase=job.erase, chip=job.chip)
+    rec["firmware_image"] = res.as_dict()
+    deadline = time.monotonic() + 15
+    while job.usb_serial:  # the board reboots into MicroPython, possibly under a new name
+        try:
+            job.port = rec["port"] = port_by_usb_serial(job.usb_serial)
+            break
+        except FlashError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    time.sleep(1.0)
+
+
+def _connect(job: Job, rec: dict[str, Any], say: Progress) -> RawRepl:
+    """An open RawRepl in the raw REPL; with ``firmware_if_needed``, a board without an answering MicroPython
+    gets the image first."""
+    repl = RawRepl(job.port, job.baudrate).open()
+    try:
+        repl.enter_raw(wait=3.0 if job.firmware_if_needed and "firmware_image" not in rec else 6.0)
+        return repl
+    except FlashError as exc:
+        repl.close()
+        if exc.exit_code != EXIT_NO_REPL or job.firmware is None:
+            raise
+        if "firmware_image" in rec:
+            raise FlashError("MicroPython does not answer after flashing the image", port=job.port,
+                             exit_code=EXIT_FIRMWARE, hint="check that the image is for this board") from exc
+    _flash_image(job, rec, say)  # no MicroPython answered: --firmware-if-needed
+    return _connect(job, rec, say)
+
+
 def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
     """Do ``job``; returns the result dict (``result`` = ``ok`` or ``failed``). Raises nothing but
     KeyboardInterrupt: failures are in the dict (``error``, ``exit_code``) and in the ledger."""
@@ -87,23 +129,10 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
                            "result": "failed"}
     record: NodeRecord | None = None
     try:
-        if job.firmware is not None:
-            say("firmware", 0.0)
-            if job.firmware.suffix.lower() == ".uf2":
-                res = fw.flash_uf2(job.firmware)
-            else:
-                res = fw.flash_esp32(job.port, job.firmware, erase=job.erase, chip=job.chip)
-            rec["firmware_image"] = res.as_dict()
-            time.sleep(1.0)  # the board reboots into MicroPython
+        if job.firmware is not None and not job.firmware_if_needed:
+            _flash_image(job, rec, say)
         say("connect", 0.02)
-        with RawRepl(job.port, job.baudrate) as repl:
-            try:
-                repl.enter_raw()
-            except FlashError as exc:
-                if job.firmware is None:
-                    raise
-                raise FlashError("MicroPython does not answer after flashing the image", port=job.port,
-                                 exit_code=EXIT_FIRMWARE, hint="check that the image is for this board") from exc
+        with _connect(job, rec, say) as repl:
             board = Board(repl)
             info = board.probe(probe_roots())
             rec.update(chip_id=info.uid, board=info.machine, micropython=info.micropython, mpy=info.mpy)
@@ -113,7 +142,7 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
             dep = deploy(board, info, image, max_tries=job.max_tries,
                          progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
             rec["app"] = {"version": image.version, **dep.as_dict()}
-            rec["hashes"] = dep.hashes or {f"{p}": h for p, (_, h) in info.files.items()}
+            rec["hashes"] = dep.hashes
             do_prov, why = _provision_decision(job, info.node)
             if do_prov:
                 say("provision", 0.7)

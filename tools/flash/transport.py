@@ -73,7 +73,7 @@ class RawRepl:
             self.in_raw = False
 
     def __enter__(self) -> RawRepl:
-        return self.open()
+        return self if self._ser is not None else self.open()
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
@@ -141,7 +141,7 @@ class RawRepl:
 
     # --- raw REPL ---------------------------------------------------------------------------------
 
-    def enter_raw(self, *, wait: float = 8.0) -> None:
+    def enter_raw(self, *, wait: float = 6.0) -> None:
         """Stop whatever runs (Ctrl-C) and enter the raw REPL, trying for up to ``wait`` s (a board may still
         be booting); FlashError(EXIT_NO_REPL) if it never answers."""
         deadline = time.monotonic() + wait
