@@ -82,13 +82,14 @@ class RxPort:
 
 
 class Streetlight:
-    def __init__(self, node, settings_path=settings.PATH, outbox_root="/outbox"):
+    def __init__(self, node, settings_path=settings.PATH, outbox_root="/outbox", ticks=None):
         self.node = node
+        self._ticks = ticks or time.ticks_ms  # benchmarks pass a virtual clock
         self.settings_path = settings_path
         self.problems = []  # type: list
         self.s, self.raw = settings.load(settings_path, log, self.problems)
         self.tz_from_gateway = 0
-        self._t0 = time.ticks_ms()
+        self._t0 = self._ticks()
         self.uptime_ms = 0
         # hardware
         self.pwm = machine.PWM(machine.Pin(board.PIN_LAMP_PWM), freq=1000, duty_u16=0)
@@ -119,7 +120,7 @@ class Streetlight:
         self.rx = RxPort(self.uart)
         self.link = Link(self.rx, node["node_id"], (bytes.fromhex(node["key"]), node["key_id"]),
                          self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self.on_link,
-                         clock=unix_now, poll_ms=link_cfg.get("poll_ms", 100),
+                         clock=unix_now, poll_ms=link_cfg.get("poll_ms", 100), ticks=self._ticks,
                          lost_ms=link_cfg.get("lost_s", 90) * 1000)
         stale = max(_LINK_IDLE_MS + 15000, 3 * self.s["control_ms"])
         self.wd = supervisor.Watchdog(2, timeout_ms=stale + 5000, stale_ms=stale)
@@ -161,10 +162,13 @@ class Streetlight:
         dst = s["clock.dst"]
         if tz is None:
             tz, dst = self.tz_from_gateway, "none"
+        old = getattr(self, "sched", None)
         self.sched = None
         if lat is not None and lon is not None:
             self.sched = schedule.Schedule(lat, lon, s["programs"], s["calendar"], s["holidays"],
                                            s["clock.on"], s["clock.off"], tz, dst)
+            if old is not None:
+                self.sched._sun = old._sun  # same place: keep the sun times already computed
 
     # --- events from the link
     def on_time(self, unix_s, ms, tz):
@@ -329,7 +333,7 @@ class Streetlight:
         return lit, prog, clock_on is not None and not clock_on
 
     def control_step(self, full=True):
-        now_ms = time.ticks_ms()
+        now_ms = self._ticks()
         self.uptime_ms += time.ticks_diff(now_ms, self._t0)
         self._t0 = now_ms
         now_s = self.uptime_ms // 1000

