@@ -166,8 +166,11 @@ class Agent:
         for task in first:
             task.cancel()
         await asyncio.gather(*first, return_exceptions=True)
-        if self.ingest is not None:
-            await self.ingest.flush()
+        if self.ingest is not None:  # bounded: a hung disk must not keep the agent from stopping
+            try:
+                await asyncio.wait_for(self.ingest.flush(), 10.0)
+            except (TimeoutError, Exception) as exc:
+                log.error("could not flush received frames at shutdown (nodes will resend them): %r", exc)
         rest = [t for t in self._tasks if t not in first]
         for task in rest:
             task.cancel()

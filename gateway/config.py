@@ -378,7 +378,8 @@ def parse_config(file: Path, data: Mapping[str, Any]) -> GatewayConfig:
     hs.finish()
 
     wd = _Section(file, "watchdog", top.raw("watchdog"))
-    watchdog = WatchdogConfig(stall_after_s=wd.number("stall_after_s", 30.0, low=0.1, high=3600))
+    # loops report progress about once a second, so anything much shorter would be a false alarm
+    watchdog = WatchdogConfig(stall_after_s=wd.number("stall_after_s", 30.0, low=3, high=3600))
     wd.finish()
     top.finish()
 

@@ -309,7 +309,9 @@ class Ingest:
                         await asyncio.wait_for(self._wake.wait(), 1.0)
                     except TimeoutError:
                         pass
-                if self.heartbeat is not None:
+                # progress = nothing waiting on the outbox, or a commit finished (see _flushed): a hung
+                # disk therefore stops the beats even though this loop itself keeps turning
+                if self.heartbeat is not None and not inflight:
                     self.heartbeat()
                 if not self._pending:
                     continue
@@ -328,10 +330,15 @@ class Ingest:
                 task = asyncio.create_task(self.flush())
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
+                task.add_done_callback(self._flushed)
                 await asyncio.sleep(0)  # let the flush take its batch before looking again
         finally:
             for task in inflight:
                 task.cancel()
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        if self.heartbeat is not None and not task.cancelled():
+            self.heartbeat()
 
     async def flush(self) -> None:
         """Commit everything queued now and send the ACKs."""

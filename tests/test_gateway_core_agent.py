@@ -95,3 +95,62 @@ stall_after_s = 5
         os.close(master)
     assert agent.ingest is not None and agent.ingest.stats.accepted == 4
     assert agent.outbox is not None and agent.outbox.total >= 4  # + node_state events
+
+
+async def test_watchdog_stops_when_the_ingest_loop_stalls(tmp_path: Path) -> None:
+    """A hung outbox write stalls the ingest loop: WATCHDOG=1 stops and STATUS names the loop."""
+    rec = provision(tmp_path / "nodes.json", node_id=8, role="streetlight", site="s", lat=0, lon=0)
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    port = os.ttyname(slave)
+    os.close(slave)
+    (tmp_path / "gw.toml").write_text(
+        f'[gateway]\nid = "gw-wd"\nstate_dir = "state"\n[[serial]]\nname = "bus"\nport = "{port}"\n'
+        f'[nodes]\nmanifest = "nodes.json"\n[health]\nlisten = false\n[watchdog]\nstall_after_s = 3\n'
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "100000"}
+    agent = Agent(load_config(tmp_path / "gw.toml"), notifier=Notifier(env), install_signals=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+
+    def drain() -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(notify.recv(1000).decode())
+            except BlockingIOError:
+                return out
+
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        await asyncio.sleep(0.5)
+        assert "WATCHDOG=1" in drain()
+        assert agent.watchdog.interval_s == 0.05
+        assert agent.outbox is not None
+        hang = asyncio.Event()
+
+        async def hung_put_many(_events: object) -> None:
+            await hang.wait()  # a disk that never answers
+
+        agent.outbox.put_many = hung_put_many  # type: ignore[method-assign,assignment]
+        node = SimNode(8, rec.key, rec.key_id)
+        os.write(master, node.data({payloads.L_LEVEL: 1}))
+        msgs: list[str] = []
+        for _ in range(100):  # the stall shows 3 s after the last progress
+            await asyncio.sleep(0.1)
+            msgs += drain()
+            if any(m.startswith("STATUS=STALLED: ingest") for m in msgs):
+                break
+        assert any(m.startswith("STATUS=STALLED: ingest") for m in msgs), msgs[-5:]
+        await asyncio.sleep(0.3)
+        assert "WATCHDOG=1" not in drain()
+        assert agent.status()["healthy"] is False and agent.status()["stalled"] == ["ingest"]
+        hang.set()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        notify.close()
+        os.close(master)
