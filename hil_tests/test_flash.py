@@ -203,7 +203,7 @@ def test_power_cut_at_many_points_of_a_deploy(work: Path, board: EmulatedBoard) 
     and the next deploy completes. Builds P, Q and R differ in every file, with equal sizes; rotating through
     three builds means the free slot never already holds the build being deployed."""
     trees = {v: app(work, v, build=v) for v in ("P", "Q", "R")}
-    assert run(job(work, board, trees["P"], verify=False, node_id=None))["result"] == "ok"
+    assert run(job(work, board, trees["P"], verify=False))["result"] == "ok"
 
     def deploy_to(version: str, cut_after: int | None = None, cut_at_end: int | None = None,
                   delay: float = 0.02) -> tuple[int, int]:

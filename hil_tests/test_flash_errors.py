@@ -100,6 +100,15 @@ def test_no_hello_on_link(board: EmulatedBoard, cli: Cli) -> None:
     assert code == ex.EXIT_BOOT and "no HELLO" in err and "nothing arrived on the link" in err
 
 
+def test_unprovisioned_node_needs_an_identity(board: EmulatedBoard, cli: Cli) -> None:
+    with RawRepl(board.repl_port) as repl:
+        from tools.flash.board import Board
+
+        Board(repl).run("_R('/node.json')", what="forgetting the provisioning")
+    code, err = cli("deploy", board.repl_port, "--role", "streetlight")
+    assert code == ex.EXIT_USAGE and "not provisioned" in err and "--node-id" in err
+
+
 def test_unknown_role(cli: Cli) -> None:
     code, err = cli("deploy", "/dev/null", "--role", "toaster")
     assert code == ex.EXIT_USAGE and "unknown role 'toaster'" in err and "streetlight" in err
@@ -115,7 +124,8 @@ def test_safe_mode_on_a_first_deploy_that_never_boots(board: EmulatedBoard, tmp_
         from tools.flash.board import Board
 
         Board(repl).run("_R('/app_a')\n_R('/app_b')\n_R('/boot.json')", what="wiping")
-    code, err = cli("deploy", board.repl_port, "--role", "medical", "--tree", str(tree), "--boot-timeout", "20")
+    code, err = cli("deploy", board.repl_port, "--role", "medical", "--tree", str(tree), "--boot-timeout", "20",
+                    "--node-id", "78", "--lat", "1", "--lon", "2")
     assert code == ex.EXIT_BOOT and "safe mode" in err
 
 

@@ -21,7 +21,7 @@ from tools.flash import firmware as fw
 from tools.flash import ledger
 from tools.flash.board import Board
 from tools.flash.deploy import build_image, deploy, probe_roots, provision_board
-from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, FlashError
+from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, EXIT_USAGE, FlashError
 from tools.flash.ports import port_by_usb_serial
 from tools.flash.transport import RawRepl
 from tools.flash.verify import confirm_and_selftest, watch_boot
@@ -71,6 +71,8 @@ def _provision_decision(job: Job, node_on_board: dict[str, Any] | None) -> tuple
         return True, "re-provisioned (key rotated)"
     if node_on_board is None or node_on_board.get("node_id") != job.node_id:
         return True, "provisioned"
+    if node_on_board.get("role") != job.role:
+        return True, "re-provisioned (role changed, key rotated)"
     try:
         rec = load_manifest(job.manifest).get(job.node_id)
     except ConfigError:
@@ -136,6 +138,10 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
             board = Board(repl)
             info = board.probe(probe_roots())
             rec.update(chip_id=info.uid, board=info.machine, micropython=info.micropython, mpy=info.mpy)
+            if job.node_id is None and info.node is None and job.role != "bare":
+                raise CityedgeError(
+                    f"this node is not provisioned: a {job.role} node needs its identity and key",
+                    exit_code=EXIT_USAGE, hint="give --node-id, --lat and --lon (and --site, --name)")
             say("compile", 0.05)
             image = build_image(job.role, info, board=job.board, source=job.source, firmware=job.tree)
             wire0 = repl.tx_bytes + repl.rx_bytes
@@ -147,7 +153,7 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
             if do_prov:
                 say("provision", 0.7)
                 if job.lat is None or job.lon is None:
-                    raise CityedgeError("provisioning needs the node's position", exit_code=2,
+                    raise CityedgeError("provisioning needs the node's position", exit_code=EXIT_USAGE,
                                         hint="give --lat and --lon (the streetlight's astronomical clock needs them)")
                 assert job.node_id is not None
                 record = provision(job.manifest, node_id=job.node_id, role=job.role, site=job.site, lat=job.lat,
