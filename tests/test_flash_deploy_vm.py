@@ -217,3 +217,27 @@ def test_bootmgr_repairs_missing_state(board: Board, session: MicroPythonSession
     _slot(board, "b", GOOD_APP)  # only slot b complete, no /boot.json at all
     out, code = _boot(session)
     assert code == 0 and "slot b streetlight v-b" in out and "APP /app_b" in out, out
+
+
+def test_a_file_that_differs_after_writing_fails_verification_and_keeps_the_old_app(board: Board) -> None:
+    from tools.flash.deploy import probe_roots
+    from tools.flash.errors import EXIT_VERIFY, FlashError
+
+    info = board.probe(probe_roots())
+    image = build_image("streetlight", info)
+    deploy(board, info, image)  # slot a, the running app
+    real = board.write_files
+
+    def write_then_corrupt(files, **kw):
+        real(files, **kw)
+        victim = sorted(p for p in files if p.startswith("/app_b/"))[0]
+        board.run(f"f=open({victim!r},'ab');f.write(b'x');f.close()", what="corrupting")  # a failing flash cell
+
+    board.write_files = write_then_corrupt  # type: ignore[method-assign]
+    changed = {rel: data + b"\n" for rel, data in image.slot.items()}
+    with pytest.raises(FlashError) as err:
+        deploy(board, board.probe(probe_roots()), Image(image.role, image.fixed, changed, image.mpy))
+    assert err.value.exit_code == EXIT_VERIFY and "1 file(s) differ" in err.value.message
+    state = json.loads(board.run("print(open('/boot.json').read())", what="t").decode())
+    assert state["active"] == "a"  # never switched: the node keeps booting the old app
+    assert "/app_b/app.json" not in board.hashes(["/app_b"])  # and the half-good slot is never booted
