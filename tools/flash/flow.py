@@ -107,7 +107,7 @@ def _flash_image(job: Job, rec: dict[str, Any], say: Progress) -> None:
 def _connect(job: Job, rec: dict[str, Any], say: Progress) -> RawRepl:
     """An open RawRepl in the raw REPL; with ``firmware_if_needed``, a board without an answering MicroPython
     gets the image first."""
-    repl = RawRepl(job.port, job.baudrate).open()
+    repl = RawRepl(job.port, job.baudrate, usb_serial=job.usb_serial).open()
     try:
         repl.enter_raw(wait=3.0 if job.firmware_if_needed and "firmware_image" not in rec else 6.0)
         return repl

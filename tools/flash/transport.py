@@ -17,7 +17,7 @@ from types import TracebackType
 import serial
 
 from tools.flash.errors import EXIT_BOARD, EXIT_NO_REPL, EXIT_PORT_GONE, FlashError
-from tools.flash.ports import open_port, port_error
+from tools.flash.ports import open_port, port_by_usb_serial, port_error
 
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 SOFT_REBOOT = b"soft reboot"
@@ -44,8 +44,10 @@ class BoardException(FlashError):
 class RawRepl:
     """One open serial connection to a MicroPython board, driven through its raw REPL."""
 
-    def __init__(self, port: str, baudrate: int = 115200, *, timeout: float = 5.0) -> None:
+    def __init__(self, port: str, baudrate: int = 115200, *, timeout: float = 5.0,
+                 usb_serial: str | None = None) -> None:
         self.port = port
+        self.usb_serial = usb_serial  # to find the board again if its port is renamed by a reset
         self.baudrate = baudrate
         self.timeout = timeout
         self.tx_bytes = 0
@@ -295,6 +297,8 @@ class RawRepl:
         deadline = time.monotonic() + wait
         while True:
             try:
+                if self.usb_serial:
+                    self.port = port_by_usb_serial(self.usb_serial)
                 self._ser = open_port(self.port, self.baudrate)
                 return
             except FlashError:
