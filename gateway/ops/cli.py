@@ -111,8 +111,10 @@ async def tail(args: argparse.Namespace) -> int:
         opened = out = args.json_out.open("a")
     deadline = time.monotonic() + args.duration if args.duration else None
     last_geo = 0.0
+    connected = False
     try:
         async with _client(args) as client:
+            connected = True
             await client.subscribe(f"{base}/state", qos=1)
             for lane in lanes:
                 await client.subscribe(f"{base}/ev/{lane}", qos=1)
@@ -149,9 +151,10 @@ async def tail(args: argparse.Namespace) -> int:
         if opened is not None:
             opened.close()
         s = consumer.stats
-        print(
-            f"events {s.events}, duplicates dropped {s.duplicates}, missing {s.missing}, late {s.late}, "
-            f"malformed {s.malformed}, gateway reconnects {s.restarts}",
-            file=sys.stderr,
-        )
+        if connected:
+            print(
+                f"events {s.events}, duplicates dropped {s.duplicates}, missing {s.missing}, late {s.late}, "
+                f"malformed {s.malformed}, gateway reconnects {s.restarts}",
+                file=sys.stderr,
+            )
     return 0
