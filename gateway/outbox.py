@@ -18,7 +18,10 @@ Guarantees (see also docs/uplink.md, "Outbox"):
 * **Disk quota.** The stored events' bytes are kept under ``quota_bytes``. When a put goes over it, the
   oldest events of the lowest priority are dropped first (vision, then telemetry, then command statuses,
   then faults). Alarms are never dropped: if only alarms remain they are kept beyond the quota. Drops are
-  counted per priority, persisted, and show up upstream as gaps in the lane sequence.
+  counted per priority, persisted, and show up upstream as gaps in the lane sequence. The quota counts the
+  event rows (body, source, origin + ~48 bytes); the dedup memory adds at most ``dedup_window`` × ~40 bytes,
+  and the file keeps its high-water size after a drain (SQLite reuses the free pages), so size the disk for
+  quota + dedup memory + 16 MiB of WAL.
 * **Corruption.** A database that fails ``PRAGMA quick_check`` at open is moved aside (``*.corrupt-<time>``)
   and a fresh one is started, so a damaged SD card does not stop the agent; the event is logged.
 
