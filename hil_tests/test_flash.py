@@ -162,6 +162,7 @@ def test_rollback_after_failed_boot(work: Path, board: EmulatedBoard) -> None:
     broken = make_firmware(work / "broken", BROKEN)
     r = run(job(work, board, broken, boot_timeout=20))
     assert r["result"] == "failed" and r["exit_code"] == EXIT_BOOT and "rolled back" in r["error"], r
+    assert "RuntimeError: this build is broken" in r["error"]
     if emulated(board):
         board.wait_for_output("APP-RUNNING B", timeout=10)  # the previous app runs again
     with RawRepl(board.repl_port) as repl:

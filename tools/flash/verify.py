@@ -32,6 +32,7 @@ from tools.flash.transport import RawRepl
 _ROLLBACK = re.compile(r"bootmgr: ROLLBACK to slot (\w)")
 _SAFE = re.compile(r"bootmgr: SAFE MODE \(([^)]*)\)")
 _SLOT = re.compile(r"bootmgr: slot (\w) ")
+_FAILED = re.compile(r"bootmgr: app failed: ([^\r\n]*)")
 
 
 @dataclass
@@ -92,9 +93,11 @@ def watch_boot(repl: RawRepl, target: str, *, record: NodeRecord | None, link: s
         while time.monotonic() < deadline:
             text += repl.read_console(0.05).decode(errors="replace")
             if m := _ROLLBACK.search(text):
+                errors = _FAILED.findall(text)
                 raise FlashError(
                     f"the new app did not boot: the node rolled back to slot {m.group(1)} (the previous app) "
-                    "after repeated failed boots", port=repl.port, exit_code=EXIT_BOOT,
+                    f"after repeated failed boots" + (f"; the app said: {errors[-1].strip()}" if errors else ""),
+                    port=repl.port, exit_code=EXIT_BOOT,
                     hint="the previous app runs again; see the console output with `cityedge flash status` and "
                     "fix the app before deploying again",
                 )
