@@ -173,3 +173,35 @@ def test_safe_mode_after_a_boot_loop_keeps_the_street_lit_and_the_repl_free(tmp_
             board.wait_for_output("42", timeout=5, since=len(log))
         board.advance(12 * H)  # 10:00 UTC: the timer switches it off by day
         assert board.hw.pwm_duty("PIN_LAMP_PWM") == 0.0
+
+
+def test_motion_boosts_a_dimmed_street_and_the_boost_expires(tmp_path: Path) -> None:
+    settings = dict(FAST, programs={"default": [["sunset", 30]]}, dimming={"curve": "linear", "fade_s": 1},
+                    pir={"enabled": True, "level_pct": 100, "hold_s": 60})
+    board = streetlight_board(tmp_path, settings, start=NIGHT)
+    with board:
+        gw = GatewaySim(board.link_port)
+        run(board, gw, 20, step=2)
+        assert board.hw.pwm_duty("PIN_LAMP_PWM") == pytest.approx(0.30, abs=0.002)
+        board.hw.set("pir", pulse_ms=500)  # someone walks by
+        run(board, gw, 12, step=1)
+        assert board.hw.pwm_duty("PIN_LAMP_PWM") == 1.0
+        run(board, gw, 70, step=5)  # hold time over
+        assert board.hw.pwm_duty("PIN_LAMP_PWM") == pytest.approx(0.30, abs=0.002)
+        gw.close()
+
+
+def test_invalid_setting_is_logged_with_its_key_and_reported(tmp_path: Path) -> None:
+    settings = dict(FAST, dimming={"curve": "cubic"}, sensor={"on_lux": "dark"})
+    board = streetlight_board(tmp_path, settings, start=NIGHT)
+    with board:
+        gw = GatewaySim(board.link_port)
+        run(board, gw, 10, step=1)
+        log = board.serial_log
+        assert ('config: /streetlight.json: dimming.curve: must be one of log, linear (got "cubic"); '
+                'using default "log"') in log
+        assert "config: /streetlight.json: sensor.on_lux: must be a number" in log
+        ev = [e for e in gw.events() if e["code"] == codes.CONFIG_INVALID]
+        assert len(ev) == 1 and ev[0]["text"].startswith("dimming.curve")
+        assert board.hw.pwm_duty("PIN_LAMP_PWM") > 0.9  # the defaults light the street
+        gw.close()
