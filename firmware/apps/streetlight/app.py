@@ -133,7 +133,7 @@ class Streetlight:
     # --- setup
     def _uart(self, cfg):
         return machine.UART(cfg.get("uart", board.LINK_UART_ID), cfg.get("baud", board.LINK_BAUD),
-                            tx=board.LINK_TX, rx=board.LINK_RX, timeout=0)
+                            tx=machine.Pin(board.LINK_TX), rx=machine.Pin(board.LINK_RX), timeout=0)
 
     def _apply_settings(self):
         """(Re)build everything that depends on the settings; called at boot and after a change."""
