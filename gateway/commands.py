@@ -49,14 +49,22 @@ class CommandStatus(enum.StrEnum):
         return self not in (CommandStatus.PENDING, CommandStatus.SENT)
 
 
-# command name -> roles that accept it (node roles from the provisioning manifest)
+# command name -> roles that accept it (node roles from the provisioning manifest). These are the
+# operations the node apps implement (firmware/apps/*/app.py ``on_cmd``); arguments are checked by the node,
+# which answers ``rejected`` with a reason when they are wrong.
 COMMANDS: Mapping[str, frozenset[str]] = {
     "ping": frozenset({"streetlight", "medical"}),
     "reboot": frozenset({"streetlight", "medical"}),
-    "dim": frozenset({"streetlight"}),  # args: level (0..100 %)
-    "boost": frozenset({"streetlight"}),  # args: level (0..100 %), duration_s
-    "program": frozenset({"streetlight"}),  # args: steps [[minutes_after_sunset, level], ...]
-    "alarm_limits": frozenset({"medical"}),  # args: spo2_low, pulse_low, pulse_high, ...
+    "override": frozenset({"streetlight"}),  # args: level (0.1 %), duration (s), kind (manual/boost/maintenance)
+    "boost": frozenset({"streetlight"}),  # args: level (0.1 %), duration (s)
+    "test": frozenset({"streetlight"}),  # maintenance test light: level, duration
+    "override_end": frozenset({"streetlight"}),  # args: kind
+    "program": frozenset({"streetlight"}),  # args: programs, calendar, holidays (dimming programs)
+    "config": frozenset({"streetlight"}),  # args: settings to change
+    "set_profile": frozenset({"medical"}),  # args: profile (adult, child, newborn)
+    "set_limits": frozenset({"medical"}),  # args: alarm limits to override (spo2_low, pr_low, pr_high, ...)
+    "ack": frozenset({"medical"}),  # acknowledge an alarm
+    "pause_audio": frozenset({"medical"}),  # audio pause with a time limit
 }
 
 DEFAULT_TIMEOUT_S = 10.0

@@ -28,16 +28,16 @@ async def test_ack_ends_the_command_with_the_nodes_status() -> None:
     router = CommandRouter(link, ROLES.get, retry_s=0.05)
     seen: list[CommandResult] = []
     router.add_listener(seen.append)
-    task = asyncio.create_task(router.submit(CommandRequest("c1", 1001, "dim", {"level": 40})))
+    task = asyncio.create_task(router.submit(CommandRequest("c1", 1001, "override", {"level": 400})))
     await asyncio.sleep(0.01)
     _node, token = link.sent[0]
     assert router.on_ack(1001, token + 1, "ok") is False  # wrong token is not taken
-    assert router.on_ack(1001, token, "ok", {"level": 40}) is True
+    assert router.on_ack(1001, token, "ok", {"level": 400}) is True
     result = await task
-    assert result.status is CommandStatus.OK and result.result == {"level": 40}
+    assert result.status is CommandStatus.OK and result.result == {"level": 400}
     assert seen == [result]
     # the same command id again: the earlier result, nothing sent
-    again = await router.submit(CommandRequest("c1", 1001, "dim", {"level": 40}))
+    again = await router.submit(CommandRequest("c1", 1001, "override", {"level": 400}))
     assert again is result and len(link.sent) == 1
 
 
@@ -53,7 +53,7 @@ async def test_resends_until_timeout_and_reports_link_errors() -> None:
 
 async def test_role_and_name_checks() -> None:
     router = CommandRouter(FakeLink(), ROLES.get)
-    r = await router.submit(CommandRequest("c3", 2001, "dim", {"level": 1}))
+    r = await router.submit(CommandRequest("c3", 2001, "boost", {"level": 1}))
     assert r.status is CommandStatus.INVALID and "not for a medical node" in r.detail
     r = await router.submit(CommandRequest("c4", 999, "ping"))
     assert r.status is CommandStatus.UNKNOWN_NODE
@@ -65,7 +65,7 @@ async def test_role_and_name_checks() -> None:
 async def test_node_rejection_is_final() -> None:
     link = FakeLink()
     router = CommandRouter(link, ROLES.get, retry_s=0.05)
-    task = asyncio.create_task(router.submit(CommandRequest("c6", 2001, "alarm_limits", {"spo2_low": 10})))
+    task = asyncio.create_task(router.submit(CommandRequest("c6", 2001, "set_limits", {"spo2_low": 10})))
     await asyncio.sleep(0.01)
     router.on_ack(2001, link.sent[0][1], "rejected")
     r = await task

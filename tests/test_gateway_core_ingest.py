@@ -133,9 +133,9 @@ async def test_alarm_is_stored_as_alarm_and_commands_round_trip(site: Site) -> N
 
     seen: list[str] = []
     light.handler = lambda op, args: (seen.append(f"{op}:{args}") or payloads.CS_OK, "")  # type: ignore[func-returns-value]
-    task = asyncio.create_task(site.router.submit(CommandRequest("ops-1", 1001, "dim", {"level": 300})))
+    task = asyncio.create_task(site.router.submit(CommandRequest("ops-1", 1001, "override", {"level": 300})))
     await site.talk(b"", light)  # the CMD arrives at the node, which executes it and queues CMD_ACK
-    assert seen == ["dim:{'level': 300}"]
+    assert seen == ["override:{'level': 300}"]
     await site.talk(bytes(light.replies), light)
     result = await asyncio.wait_for(task, 2)
     assert result.status is CommandStatus.OK and result.node_id == 1001
