@@ -130,13 +130,13 @@ def check_schedule_parse_errors():
         else:
             raise AssertionError(f"accepted {bad!r}")
     assert schedule.parse_when("Sunrise-30") == (0, -30)
-    for bad in ([], [["22:00", 120]], [["22:00"]], "x"):
+    for prog in ([], [["22:00", 120]], [["22:00"]], "x"):
         try:
-            schedule.parse_program(bad)
+            schedule.parse_program(prog)
         except ValueError:
             pass
         else:
-            raise AssertionError(f"accepted program {bad!r}")
+            raise AssertionError(f"accepted program {prog!r}")
     try:
         schedule.parse_calendar([{"program": "nope"}], {"default": ()})
     except ValueError as e:
