@@ -205,3 +205,20 @@ def test_invalid_setting_is_logged_with_its_key_and_reported(tmp_path: Path) -> 
         assert len(ev) == 1 and ev[0]["text"].startswith("dimming.curve")
         assert board.hw.pwm_duty("PIN_LAMP_PWM") > 0.9  # the defaults light the street
         gw.close()
+
+
+def test_without_a_clock_the_sensor_decides_until_the_gateway_sets_the_time(tmp_path: Path) -> None:
+    board = streetlight_board(tmp_path, FAST, start=946_684_800 + 3600)  # RTC at 2000-01-01: never set
+    with board:
+        gw = GatewaySim(board.link_port)
+        board.hw.set("bh1750", lux=5)
+        run(board, gw, 30, step=2)
+        assert board.hw.pwm_duty("PIN_LAMP_PWM") > 0.9  # dark by the sensor, whatever policy "clock" says
+        assert gw.hellos()[0]["role"] == "streetlight"
+        assert gw.of_type(1)[0].ts == 0  # records made before the clock was set say so
+        gw.time_sync(NOON_UTC, tz_min=60)  # the gateway's TIME: noon in Berlin
+        run(board, gw, 30, step=2)
+        assert _evs(gw, codes.CLOCK_SET) == [P.EV_INFO]
+        assert board.hw.pwm_duty("PIN_LAMP_PWM") == 0.0  # policy "clock": day
+        assert abs(gw.of_type(3)[-1].ts - NOON_UTC) < 60  # and events carry real time now
+        gw.close()
