@@ -206,41 +206,49 @@ def test_power_cut_at_many_points_of_a_deploy(work: Path, board: EmulatedBoard) 
     trees = {v: app(work, v, build=v) for v in ("P", "Q", "R")}
     assert run(job(work, board, trees["P"], verify=False))["result"] == "ok"
 
-    def deploy_to(version: str, cut_after: int | None = None, cut_at_end: int | None = None,
-                  delay: float = 0.02) -> tuple[int, int]:
-        """Deploy; cut the power after ``cut_after`` bytes, or ``delay`` s after the ``cut_at_end``-th end of
-        code (the board runs a program only once its end arrived). Returns (bytes sent, programs sent)."""
+    def deploy_to(version: str, cut_after: int | None = None, in_switch: bool = False,
+                  after_switch: float | None = None) -> int:
+        """Deploy; cut the power after ``cut_after`` bytes, or halfway through sending the last program
+        (the one that writes app.json and replaces /boot.json), or ``after_switch`` s after its end arrived
+        (the board runs a program only once all of it arrived). Returns the bytes sent."""
         with RawRepl(board.repl_port) as repl:
             repl.enter_raw()
             b = Board(repl)
             info = b.probe(probe_roots())
             image = build_image(ROLE, info, firmware=trees[version])
             start = repl.tx_bytes
-            ends = 0
+            switch_sent = False
+            tail = b""  # the marker may straddle two writes (raw-paste sends window-sized pieces)
             real = repl._write
 
+            def cut(delay: float = 0.02) -> None:
+                time.sleep(delay)  # let the board take what did arrive
+                board.power_off()
+                raise ConnectionAbortedError("power cut")
+
             def write(data: bytes) -> None:
-                nonlocal ends
+                nonlocal switch_sent, tail
                 sent = repl.tx_bytes - start
                 if cut_after is not None and sent + len(data) > cut_after:
                     real(data[: max(0, cut_after - sent)])
-                    time.sleep(delay)  # let the board take what did arrive
-                    board.power_off()
-                    raise ConnectionAbortedError("power cut")
+                    cut()
+                marker = b"_J('/boot.json'" in tail + data
+                tail = (tail + data)[-32:]
+                if marker and not switch_sent:
+                    if in_switch:
+                        real(data[: len(data) // 2])
+                        cut()
+                    switch_sent = True
                 real(data)
-                if data == b"\x04":
-                    ends += 1
-                    if ends == cut_at_end:
-                        time.sleep(delay)
-                        board.power_off()
-                        raise ConnectionAbortedError("power cut")
+                if data == b"\x04" and switch_sent and after_switch is not None:
+                    cut(after_switch)
 
             repl._write = write  # type: ignore[method-assign]
             try:
                 deploy(b, info, image)
             except ConnectionAbortedError:
                 pass
-            return repl.tx_bytes - start, ends
+            return repl.tx_bytes - start
 
     def boot(how: str) -> str:
         board.clear_serial_log()  # (the log keeps 256 KiB: offsets into it would move)
@@ -248,15 +256,14 @@ def test_power_cut_at_many_points_of_a_deploy(work: Path, board: EmulatedBoard) 
         text = board.wait_for_output("APP-RUNNING ", timeout=15)
         return text.split("APP-RUNNING ", 1)[1][:1]
 
-    total, programs = deploy_to("Q")  # one full deploy P -> Q, every file sent
+    total = deploy_to("Q")  # one full deploy P -> Q, every file sent
     assert boot("reset") == "Q"
     _confirm(board)
     cur = "Q"
     # spread over the transfer; then around the last program (renames, the slot's app.json, the switch):
     # while it arrives, the moment it is complete, a little later, and after the tool finished
     cuts: list[dict] = [{"cut_after": int(total * f)} for f in (0.03, 0.35, 0.7)]
-    cuts += [{"cut_after": total - 40}, {"cut_at_end": programs, "delay": 0.0},
-             {"cut_at_end": programs, "delay": 0.004}, {}]
+    cuts += [{"in_switch": True}, {"after_switch": 0.0}, {"after_switch": 0.004}, {}]
     seen = []
     for cut in cuts:
         nxt = {"P": "Q", "Q": "R", "R": "P"}[cur]
