@@ -16,7 +16,7 @@ emulated board: its ``machine`` glue keeps a JavaScript proxy per I2C/UART trans
 which a real board does not do -- see benchmarks/medical_heap.py.)
 
 The WebAssembly port frees garbage only when a run returns to JavaScript (a gc.collect() inside a run frees
-nothing), so the day is run in chunks of ``CHUNK_S`` simulated seconds (300 with --quick), one VM run each,
+nothing), so the day is run in chunks of ``CHUNK_S`` simulated seconds (900 with --quick), one VM run each,
 with a collection between runs. The app is loaded as .mpy, as the flashing tool deploys it.
 
   streetlight_heap_boot_kb       live heap of the imported, built and booted app (after gc.collect())
@@ -55,7 +55,7 @@ SL_MPY_SOURCES = [*sorted((FIRMWARE / "apps" / "streetlight").glob("*.py")),
                   FIRMWARE / "lib" / "drivers" / "bh1750.py", FIRMWARE / "lib" / "drivers" / "ina219.py"]
 DAY_S = 86400
 START = 1795003200  # 2026-11-18 12:00 UTC, Berlin
-CHUNK_S = 60  # simulated seconds per VM run (300 with --quick)
+CHUNK_S = 60  # simulated seconds per VM run (900 with --quick)
 
 # the board's hardware as seen by the app (harness): lamp draw follows PWM duty and relay
 MACHINE = '''
@@ -268,8 +268,8 @@ def mpy_kb(sources: list[Path]) -> float:
 
 def measure_streetlight(quick: bool) -> dict[str, float | int]:
     """Run the streetlight app on the VM through a simulated day; return the streetlight_* figures."""
-    period_ms = 10000 if quick else 1000  # the app's sample period (control_ms); 1 s is its default
-    chunk_s = 300 if quick else CHUNK_S
+    period_ms = 30000 if quick else 1000  # the app's sample period (control_ms); 1 s is its default
+    chunk_s = 900 if quick else CHUNK_S
     with tempfile.TemporaryDirectory() as d:
         stub, lib = Path(d) / "stub", Path(d) / "lib"
         stub.mkdir()
