@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from gateway.commands import CommandResult, CommandRouter
@@ -111,6 +112,9 @@ class Agent:
             self.registry, outbox, self.tracker, self.downlink, self.router,
             batch_max=cfg.outbox.batch_max, flush_s=cfg.outbox.flush_ms / 1000.0, heartbeat=ingest_hb.beat,
         )
+        restored = self.ingest.load_windows(self._windows_path)
+        if restored:
+            log.info("restored %d replay windows", restored)
         self._supervise("ingest", self.ingest.run)
         for link_cfg in cfg.serial:
             link = SerialLink(link_cfg, self.ingest.feed, self.watchdog.register(f"serial:{link_cfg.name}"))
@@ -171,6 +175,7 @@ class Agent:
                 await asyncio.wait_for(self.ingest.flush(), 10.0)
             except (TimeoutError, Exception) as exc:
                 log.error("could not flush received frames at shutdown (nodes will resend them): %r", exc)
+        self._save_windows()
         rest = [t for t in self._tasks if t not in first]
         for task in rest:
             task.cancel()
@@ -197,11 +202,28 @@ class Agent:
             yield
 
     # ------------------------------------------------------------------ housekeeping
+    @property
+    def _windows_path(self) -> Path:
+        return self.config.state_dir / "replay-windows.json"
+
+    def _save_windows(self) -> None:
+        if self.ingest is not None:
+            try:
+                self.ingest.save_windows(self._windows_path)
+            except OSError as exc:
+                log.error("could not save replay windows: %s", exc)
+
     async def _housekeeping(self, hb: Heartbeat) -> None:
-        """Offline detection, periodic TIME, every second."""
+        """Offline detection, periodic TIME, replay windows saved every 5 s — every second."""
         sync_s = self.config.nodes.time_sync_s
+        saved_at = -1
+        tick = 0
         while True:
             hb.beat()
+            tick += 1
+            if self.ingest is not None and tick % 5 == 0 and self.ingest.stats.accepted != saved_at:
+                saved_at = self.ingest.stats.accepted
+                self._save_windows()
             self.tracker.sweep()
             now = time.monotonic()
             if self.downlink is not None:

@@ -19,11 +19,14 @@ durable, and a crash at any moment makes the node resend, never lose.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cewire import (
@@ -363,6 +366,31 @@ class Ingest:
         self.stats.accepted += len(batch)
         self.stats.batches += 1
         self.stats.last_batch = len(batch)
+
+    # ------------------------------------------------------------------ replay windows across restarts
+    def save_windows(self, path: Path) -> None:
+        """Persist the replay windows (atomic rename) so replays stay refused after a restart.
+
+        Saved every few seconds, not per frame: after a crash the windows are a little old, which only
+        lets a node's retransmissions in again (the outbox drops them as duplicates by origin).
+        """
+        rows = [[node, ch, top, mask, cum] for (node, ch), (top, mask, cum) in self.receiver.export().items()]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"format": 1, "windows": rows}))
+        os.replace(tmp, path)
+
+    def load_windows(self, path: Path) -> int:
+        """Restore windows saved by :meth:`save_windows`; returns how many (0 if absent or unreadable)."""
+        try:
+            doc = json.loads(path.read_text())
+            state = {(int(n), int(c)): (int(t), int(m), int(q)) for n, c, t, m, q in doc["windows"]}
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("replay windows in %s unreadable (%s); starting with empty windows", path, exc)
+            return 0
+        self.receiver.restore(state)
+        return len(state)
 
     def rejected_total(self) -> int:
         return sum(self.stats.rejected.values())

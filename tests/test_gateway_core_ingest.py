@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cewire import PRIO_HIGH, codes, payloads
+from cewire import PRIO_HIGH, cobs_decode, codes, payloads
 
 from cityedge.manifest import provision
 from gateway.commands import CommandRequest, CommandRouter, CommandStatus
@@ -162,3 +162,17 @@ async def test_nothing_is_acked_when_the_outbox_cannot_store(site: Site) -> None
     await site.outbox.close()  # stands in for a failing disk: every put raises OutboxError
     await site.talk(light.data({payloads.L_LEVEL: 1}), light)
     assert site.ingest.stats.store_errors == 1 and light.pending == 1 and site.ingest.stats.acked == 0
+
+
+async def test_replay_windows_survive_a_restart(site: Site, tmp_path: Path) -> None:
+    light = site.light
+    old = light.data({payloads.L_LEVEL: 9})
+    await site.talk(old, light)
+    assert light.pending == 0
+    site.ingest.save_windows(tmp_path / "windows.json")
+    # a restarted gateway: fresh pipeline, windows restored from disk
+    fresh = Ingest(site.registry, site.outbox, NodeTracker(60), site.ingest.downlink)
+    assert fresh.load_windows(tmp_path / "windows.json") == 1
+    fresh.frame(site.link, cobs_decode(old))  # an attacker replays a recorded (authentic) frame
+    assert fresh.stats.duplicates == 1 and not fresh._pending
+    assert fresh.load_windows(tmp_path / "absent.json") == 0
