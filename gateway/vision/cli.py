@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
     det.add_argument("--labels", type=Path, default=None, help="label map (default: the shipped model's)")
     det.add_argument("--backend", choices=BACKENDS, default="ai_edge_litert")
     det.add_argument("--threads", type=int, default=1)
-    det.add_argument("--min-score", type=float, default=0.4)
+    det.add_argument("--min-score", type=float, default=0.3)
     det.add_argument("--max-frames", type=int, default=0, help="video: analyse at most this many frames")
     det.add_argument("--json", action="store_true", help="one JSON object per frame")
     det.set_defaults(func=_detect)

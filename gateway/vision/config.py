@@ -67,7 +67,7 @@ class VisionConfig:
     xnnpack: bool = True
     model: Path = DEFAULT_MODEL
     labels: Path | None = DEFAULT_LABELS
-    min_score: float = 0.4
+    min_score: float = 0.3
     interval_s: float = 60.0  # counts event period
     snapshots: bool = False  # frames never leave the gateway unless this is true (and then blurred)
     snapshot_dir: Path | None = None
@@ -124,7 +124,7 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
     xnnpack = v.boolean("xnnpack", True)
     model = v.path("model", DEFAULT_MODEL, must_exist=True) or DEFAULT_MODEL
     labels = v.path("labels", DEFAULT_LABELS if model == DEFAULT_MODEL else None, must_exist=True)
-    min_score = v.number("min_score", 0.4, low=0.01, high=1.0)
+    min_score = v.number("min_score", 0.3, low=0.01, high=1.0)
     interval_s = v.number("interval_s", 60.0, low=1.0, high=86400.0)
     snapshots = v.boolean("snapshots", False)
     snapshot_dir = v.path("snapshot_dir")

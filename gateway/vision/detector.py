@@ -27,10 +27,12 @@ import cv2
 import numpy as np
 
 from cityedge.errors import CityedgeError
+from gateway.vision.metrics import iou
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime")
+EDGE = 0.02  # a box this close (share of the frame) to an edge is "truncated": the object is partly out of view
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +43,42 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]
     class_id: int = -1
+    truncated: bool = False  # the box touches the frame's edge: the object is only partly in view
 
     @property
     def center(self) -> tuple[float, float]:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+def suppress_duplicates(found: list[Detection], max_iou: float, max_cover: float = 0.8) -> list[Detection]:
+    """Class-agnostic NMS: drop a detection overlapping a better one by more than ``max_iou``, or lying
+    (``max_cover``) inside clearly better ones.
+
+    Models suppress per class; the same object seen as both "cyclist" and "vehicle" would otherwise become
+    two tracks (and two counts).
+    """
+    if len(found) < 2 or max_iou >= 1.0:
+        return found
+    kept: list[Detection] = []
+    for d in sorted(found, key=lambda d: -d.score):
+        if all(iou(d.box, k.box) <= max_iou for k in kept) and _covered(d, kept) < max_cover:
+            kept.append(d)
+    return kept
+
+
+def _covered(d: Detection, better: list[Detection]) -> float:
+    """Share of ``d``'s box inside better boxes (summed, so an overlap counted twice errs towards keeping
+    less): a weak box in the overlap of two objects is a ghost of the overlap, not a third object."""
+    x0, y0, x1, y1 = d.box
+    area = max((x1 - x0) * (y1 - y0), 1e-6)
+    inside = 0.0
+    for k in better:
+        if k.score < d.score + 0.2:
+            continue
+        ix = max(0.0, min(x1, k.box[2]) - max(x0, k.box[0]))
+        iy = max(0.0, min(y1, k.box[3]) - max(y0, k.box[1]))
+        inside += ix * iy
+    return inside / area
 
 
 class ModelError(CityedgeError):
@@ -117,8 +151,9 @@ class Detector:
         backend: str = "ai_edge_litert",
         threads: int = 1,
         xnnpack: bool = True,
-        min_score: float = 0.4,
+        min_score: float = 0.3,
         iou_threshold: float = 0.5,
+        agnostic_iou: float = 0.6,
         input_mean: float = 127.5,
         input_std: float = 127.5,
     ) -> None:
@@ -139,6 +174,7 @@ class Detector:
         self.labels = list(load_labels(labels) if isinstance(labels, str | os.PathLike) else (labels or []))
         self.min_score = min_score
         self.iou_threshold = iou_threshold
+        self.agnostic_iou = agnostic_iou
         self._mean, self._std = input_mean, input_std
         inputs = self._interp.get_input_details()
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][3] != 3:
@@ -225,10 +261,12 @@ class Detector:
         """Detections (frame pixels) from :meth:`infer` outputs; ``frame_size`` = (width, height)."""
         fw, fh = frame_size
         if self.kind == "ssd":
-            return self._decode_ssd(outputs, fw, fh)
-        if self.kind == "yolo":
-            return self._decode_yolo(outputs, fw, fh)
-        raise ModelError("decode() is for detectors; classifiers use detect()")
+            found = self._decode_ssd(outputs, fw, fh)
+        elif self.kind == "yolo":
+            found = self._decode_yolo(outputs, fw, fh)
+        else:
+            raise ModelError("decode() is for detectors; classifiers use detect()")
+        return suppress_duplicates(found, self.agnostic_iou)
 
     def detect(self, frame: np.ndarray, regions: Sequence[tuple[int, int, int, int]] | None = None,
                tensor: np.ndarray | None = None) -> list[Detection]:
@@ -259,7 +297,9 @@ class Detector:
         for k in np.nonzero(scores[:count] >= self.min_score)[0]:
             y0, x0, y1, x1 = np.clip(boxes[k], 0.0, 1.0).tolist()
             cid = int(classes[k])
-            out.append(Detection(self._label(cid), float(scores[k]), (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid))
+            cut = min(x0, y0) < EDGE or max(x1, y1) > 1.0 - EDGE
+            out.append(Detection(self._label(cid), float(scores[k]), (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid,
+                                 cut))
         return out
 
     def _decode_yolo(self, outputs: list[np.ndarray], fw: int, fh: int) -> list[Detection]:
@@ -301,7 +341,9 @@ class Detector:
                 i = sel[int(k)]
                 box = (max(0.0, float(x0[i])), max(0.0, float(y0[i])), min(float(fw), float(x1[i])),
                        min(float(fh), float(y1[i])))
-                out.append(Detection(self._label(int(c)), float(score[i]), box, int(c)))
+                cut = (min(box[0] / fw, box[1] / fh) < EDGE or box[2] / fw > 1.0 - EDGE
+                       or box[3] / fh > 1.0 - EDGE)
+                out.append(Detection(self._label(int(c)), float(score[i]), box, int(c), cut))
         out.sort(key=lambda d: -d.score)
         return out
 

@@ -332,12 +332,14 @@ class SceneVideo:
                 img = cv2.subtract(cv2.add(img, pos), neg)
             self.truth.frames.append(objs)
             yield img, objs
+            last = len(self.truth.frames) == spec.frames
             for m in movers:
                 before = m.x + m.size / 2
                 m.x += m.speed
                 m.phase += abs(m.speed) * 0.15
                 after = m.x + m.size / 2
-                if (before - spec.line_x) * (after - spec.line_x) < 0 or after == spec.line_x:
+                # a crossing counts once a frame shows it (not after the last frame)
+                if not last and ((before - spec.line_x) * (after - spec.line_x) < 0 or after == spec.line_x):
                     self.truth.crossings[CLASSES[m.cls]]["ltr" if m.speed > 0 else "rtl"] += 1
             movers = [m for m in movers if -m.size - 5 <= m.x <= spec.size[0] + 5]
 

@@ -8,11 +8,13 @@ history for line crossings and its stillness for stopped-object alerts.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 from gateway.vision.detector import Detection
 from gateway.vision.metrics import iou
+
+VOTE_DECAY = 0.95  # per detection: a label seen 14 detections ago counts half
+EDGE_VOTE = 0.3  # weight of a label seen on a box cut by the frame edge (a car's front looks like anything)
 
 
 @dataclass
@@ -24,14 +26,30 @@ class Track:
     first_seen: float
     last_seen: float
     score: float
-    votes: Counter[str] = field(default_factory=Counter)
+    votes: dict[str, float] = field(default_factory=dict)
+    score_sum: float = 0.0  # label -> summed score (partial views weigh less)
     hits: int = 1
     prev_center: tuple[float, float] | None = None
     still_since: float | None = None  # when it stopped moving, if it has
+    velocity: tuple[float, float] = (0.0, 0.0)  # px/s, smoothed
+    at_edge: bool = False  # its last box touched the frame's edge (partly in view)
 
     @property
     def label(self) -> str:
-        return self.votes.most_common(1)[0][0] if self.votes else "?"
+        return max(self.votes, key=self.votes.__getitem__) if self.votes else "?"
+
+    def vote(self, d: Detection) -> None:
+        """Count ``d``'s label for this track; a partial view (box at the frame edge) counts a third."""
+        for label in self.votes:  # older views fade: the label follows what the track shows now
+            self.votes[label] *= VOTE_DECAY
+        self.votes[d.label] = self.votes.get(d.label, 0.0) + d.score * (EDGE_VOTE if d.truncated else 1.0)
+        self.score_sum += d.score
+        self.at_edge = d.truncated
+
+    @property
+    def quality(self) -> float:
+        """Mean detector score over the track's detections (ghosts of overlaps score low)."""
+        return self.score_sum / max(self.hits, 1)
 
     @property
     def center(self) -> tuple[float, float]:
@@ -67,17 +85,25 @@ class Tracker:
         for ti, t in enumerate(tracks):
             tw = max(t.box[2] - t.box[0], 1.0)
             th = max(t.box[3] - t.box[1], 1.0)
-            tc = t.center
+            # constant-velocity prediction: fast objects overlap where they will be, not where they were
+            dt = now - t.last_seen
+            ox, oy = t.velocity[0] * dt, t.velocity[1] * dt
+            pbox = (t.box[0] + ox, t.box[1] + oy, t.box[2] + ox, t.box[3] + oy)
+            tc = ((pbox[0] + pbox[2]) / 2, (pbox[1] + pbox[3]) / 2)
+            near = self.max_dist if dt <= 0.5 else self.max_dist / 2  # an old track does not jump far
             for di, d in enumerate(detections):
-                overlap = iou(t.box, d.box)
-                if overlap >= self.min_iou:
+                overlap = iou(pbox, d.box)
+                # Another class needs a clear overlap (a car passing in front of a pedestrian must not take
+                # over the pedestrian's track), unless the object is still coming into view at the edge.
+                same = d.label == t.label or t.at_edge or d.truncated
+                if overlap >= (self.min_iou if same else max(0.5, self.min_iou)):
                     pairs.append((1.0 + overlap, ti, di))
                     continue
                 dc = d.center
                 # distance in units of the track's size: tolerant along the direction of travel
                 dist = ((dc[0] - tc[0]) / tw) ** 2 + ((dc[1] - tc[1]) / th) ** 2
-                if dist <= self.max_dist**2 and d.label == t.label:
-                    pairs.append((1.0 - dist**0.5 / (self.max_dist + 1e-9), ti, di))
+                if dist <= near**2 and d.label == t.label:
+                    pairs.append((1.0 - dist**0.5 / (near + 1e-9), ti, di))
         pairs.sort(reverse=True)
         used_t: set[int] = set()
         used_d: set[int] = set()
@@ -92,20 +118,23 @@ class Tracker:
             old = t.center
             t.prev_center = old
             t.box = d.box
-            speed = ((t.center[0] - old[0]) ** 2 + (t.center[1] - old[1]) ** 2) ** 0.5 / dt
+            vx, vy = (t.center[0] - old[0]) / dt, (t.center[1] - old[1]) / dt
+            t.velocity = (0.5 * t.velocity[0] + 0.5 * vx, 0.5 * t.velocity[1] + 0.5 * vy)
+            speed = (vx * vx + vy * vy) ** 0.5
             if speed < self.still_px_per_s:
                 t.still_since = t.still_since if t.still_since is not None else t.last_seen
             else:
                 t.still_since = None
             t.last_seen = now
             t.score = d.score
-            t.votes[d.label] += 1
+            t.vote(d)
             t.hits += 1
             updated.append(t)
         for di, d in enumerate(detections):
             if di in used_d:
                 continue
-            t = Track(self._next_id, d.box, now, now, d.score, Counter({d.label: 1}))
+            t = Track(self._next_id, d.box, now, now, d.score)
+            t.vote(d)
             self._next_id += 1
             self.tracks[t.track_id] = t
             updated.append(t)

@@ -86,8 +86,10 @@ class Analytics:
     """Zone membership, line crossings, dwell/stopped alerts and per-interval counts for one camera."""
 
     def __init__(self, zones: list[Zone], lines: list[CountLine], *, interval_s: float = 60.0,
-                 min_hits: int = 2) -> None:
+                 min_hits: int = 2, edge_wait_s: float = 1.0, min_quality: float = 0.5) -> None:
         self.zones = zones
+        self.min_quality = min_quality
+        self.edge_wait_s = edge_wait_s
         self.lines = lines
         self.interval_s = interval_s
         self.min_hits = min_hits
@@ -116,10 +118,16 @@ class Analytics:
         for t in tracks:
             self._labels[t.track_id] = t.label
             p = ground_point(t)
-            confirmed = t.hits >= self.min_hits
+            confirmed = t.hits >= self.min_hits and t.quality >= self.min_quality
             for line in self.lines:
                 self._check_line(line, t, p, confirmed, now, events)
             if not confirmed:
+                continue
+            # A box cut by the frame edge is unreliable (class and extent): an object coming into view is
+            # not in a zone yet (for at most edge_wait_s), and one leaving the view keeps its zones until
+            # its track ends.
+            if t.at_edge and (now - t.first_seen < self.edge_wait_s
+                              or any((t.track_id, z.name) in self._inside for z in self.zones)):
                 continue
             for zone in self.zones:
                 if zone.classes and t.label not in zone.classes:

@@ -55,13 +55,13 @@ def normalise(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
-def make_dataset(n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def make_dataset(n: int, seed: int, night_share: float = 0.5) -> tuple[np.ndarray, list[np.ndarray]]:
     """``n`` RGB images resized to the model input, and per image an (k, 5) array [cls, y0, x0, y1, x1] normalised."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, INPUT, INPUT, 3), np.uint8)
     boxes: list[np.ndarray] = []
     for i in range(n):
-        img, objs = render_image(rng)
+        img, objs = render_image(rng, night=bool(rng.random() < night_share))
         small = cv2.resize(img, (INPUT, INPUT), interpolation=cv2.INTER_AREA)
         images[i] = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)  # models take RGB, like COCO SSD models
         boxes.append(np.array([[o.cls, o.box[1] / HEIGHT, o.box[0] / WIDTH, o.box[3] / HEIGHT, o.box[2] / WIDTH]
@@ -218,7 +218,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small data and few epochs: a smoke run")
     ap.add_argument("--train", type=int, default=5000, help="training images")
     ap.add_argument("--val", type=int, default=400, help="held-out images for mAP")
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--out", type=Path, default=ROOT / "models")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
