@@ -125,6 +125,7 @@ class Streetlight:
         stale = max(_LINK_IDLE_MS + 15000, 3 * self.s["control_ms"])
         self.wd = supervisor.Watchdog(2, timeout_ms=stale + 5000, stale_ms=stale)
         self._wdt_test = False
+        self._errors = [0, 0]
         self._lost_raised = False
         self._waiting = 0
         self._progress_ms = 0
@@ -408,11 +409,23 @@ class Streetlight:
             full = time.ticks_diff(time.ticks_ms(), next_full) >= 0
             if full:
                 next_full = time.ticks_add(time.ticks_ms(), period)
-            self.control_step(full)
-            if not self._wdt_test:
+            if self._guard(_WD_CONTROL, self.control_step, full) and not self._wdt_test:
                 self.wd.beat(_WD_CONTROL)
             self.wd.feed_if_healthy()
             await asyncio.sleep_ms(_FAST_MS if self.fader.moving() else period)
+
+    def _guard(self, slot, fn, *args):
+        """Run one step of a task; an unexpected error is logged and the step skipped. A task that keeps
+        failing stops beating (the caller only beats on success), so the watchdog resets the board."""
+        try:
+            fn(*args)
+            self._errors[slot] = 0
+            return True
+        except Exception as e:
+            self._errors[slot] += 1
+            if self._errors[slot] <= 3:
+                log("task %d error: %s: %s" % (slot, type(e).__name__, e))
+            return False
 
     def _link_wait_ms(self):
         if self._waiting:
@@ -425,9 +438,8 @@ class Streetlight:
         rx = self.rx
         mv = memoryview(rx.buf)
         while True:
-            self.link.poll()
-            self._check_gateway()
-            self.wd.beat(_WD_LINK)
+            if self._guard(_WD_LINK, self.link.poll) and self._guard(_WD_LINK, self._check_gateway):
+                self.wd.beat(_WD_LINK)
             try:
                 n = await asyncio.wait_for_ms(reader.readinto(mv[rx.n:]), self._link_wait_ms())  # type: int
                 rx.n += n or 0
