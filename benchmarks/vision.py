@@ -55,7 +55,7 @@ def detector_fps(det: Detector, frame: np.ndarray, seconds: float) -> float:
 
 def busy_frames(n: int) -> list[np.ndarray]:
     """A street where every frame differs from the last (dense traffic, noise): the gate is always open."""
-    video = SceneVideo(VideoSpec(seed=77, frames=n + 60, fps=15, rate=4.0))
+    video = SceneVideo(VideoSpec(seed=77, frames=n + 60, fps=15, rate=2.0))
     return [f for i, (f, _) in enumerate(video) if i >= 60]
 
 

@@ -230,9 +230,17 @@ class Detector:
         self._interp.set_tensor(self._input["index"], tensor)
         self._interp.invoke()
 
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
-        w, h = self.input_size
-        rgb = cv2.cvtColor(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (BGR) resized to the model's input size (the motion gate can use it too).
+
+        Area averaging, as in training: bilinear is 9× cheaper but aliases at 3-4× downscaling and cost
+        the street detector false positives and miscounts.
+        """
+        return cv2.resize(image, self.input_size, interpolation=cv2.INTER_AREA)
+
+    def tensor(self, resized: np.ndarray) -> np.ndarray:
+        """The input tensor from a BGR image already at the model's input size."""
+        rgb = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
         dtype = self._input["dtype"]
         if dtype == np.uint8:
             return rgb[None]
@@ -247,6 +255,9 @@ class Detector:
             if scale:
                 return (raw.astype(np.float32) - zero) * scale
         return raw
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        return self.tensor(self.resize(image))
 
     def invoke(self, image: np.ndarray) -> None:
         """Run the model once on a BGR image."""

@@ -47,10 +47,13 @@ class MotionGate:
         """Forget the background (after a reconnect the view may have changed)."""
         self._bg = None
 
-    def __call__(self, frame: np.ndarray) -> GateResult:
+    def __call__(self, frame: np.ndarray, small: np.ndarray | None = None) -> GateResult:
+        """Judge ``frame``; ``small``: the frame already downscaled (e.g. to the detector's input), reused."""
         fh, fw = frame.shape[:2]
-        h = max(8, round(self.width * fh / fw))
-        small = cv2.resize(frame, (self.width, h), interpolation=cv2.INTER_NEAREST)
+        if small is None:
+            h = max(8, round(self.width * fh / fw))
+            small = cv2.resize(frame, (self.width, h), interpolation=cv2.INTER_NEAREST)
+        h, width = small.shape[:2]
         grey = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), (5, 5), 0)
         if self._bg is None or self._bg.shape != grey.shape:
             self._bg = grey.astype(np.float32)
@@ -65,7 +68,7 @@ class MotionGate:
             return GateResult(False, changed=changed)
         mask = cv2.dilate(mask, self._kernel, iterations=2)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        sx, sy = fw / self.width, fh / h
+        sx, sy = fw / width, fh / h
         min_px = self.min_area * mask.size
         regions = [
             (int(x * sx), int(y * sy), int(min(fw, (x + w) * sx)), int(min(fh, (y + hh) * sy)))

@@ -98,10 +98,12 @@ class FrameAnalyzer:
 
     def gate_frame(self, frame: np.ndarray, ts: float) -> Gated:
         """Stage 1: motion gate; if something moved, also prepare the detector's input."""
-        gate = self.gate(frame)
-        tensor = None
-        if (gate.motion or self.always_detect) and self.detector.kind != "classifier":
-            tensor = self.detector.prepare(frame)
+        if self.detector.kind == "classifier":
+            return Gated(frame, ts, self.gate(frame))
+        # one resize serves both: the gate judges the detector's input image
+        small = self.detector.resize(frame)
+        gate = self.gate(frame, small)
+        tensor = self.detector.tensor(small) if (gate.motion or self.always_detect) else None
         return Gated(frame, ts, gate, tensor)
 
     def infer(self, g: Gated) -> Inferred:

@@ -55,13 +55,14 @@ def normalise(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
-def make_dataset(n: int, seed: int, night_share: float = 0.5) -> tuple[np.ndarray, list[np.ndarray]]:
+def make_dataset(n: int, seed: int, night_share: float | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """``n`` RGB images resized to the model input, and per image an (k, 5) array [cls, y0, x0, y1, x1] normalised."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, INPUT, INPUT, 3), np.uint8)
     boxes: list[np.ndarray] = []
     for i in range(n):
-        img, objs = render_image(rng, night=bool(rng.random() < night_share))
+        night = None if night_share is None else bool(rng.random() < night_share)  # None: 35 % night
+        img, objs = render_image(rng, night=night)
         small = cv2.resize(img, (INPUT, INPUT), interpolation=cv2.INTER_AREA)
         images[i] = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)  # models take RGB, like COCO SSD models
         boxes.append(np.array([[o.cls, o.box[1] / HEIGHT, o.box[0] / WIDTH, o.box[3] / HEIGHT, o.box[2] / WIDTH]
@@ -218,9 +219,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small data and few epochs: a smoke run")
     ap.add_argument("--train", type=int, default=5000, help="training images")
     ap.add_argument("--val", type=int, default=400, help="held-out images for mAP")
-    ap.add_argument("--epochs", type=int, default=18)
+    ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--out", type=Path, default=ROOT / "models")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--night-share", type=float, default=None, help="share of night scenes (default 0.35)")
     args = ap.parse_args()
     if args.quick:
         args.train, args.val, args.epochs = 600, 100, 2
@@ -232,7 +234,7 @@ def main() -> int:
     tf.random.set_seed(args.seed)
     keras.utils.set_random_seed(args.seed)
     t0 = time.time()
-    x_train, gt_train = make_dataset(args.train, args.seed)
+    x_train, gt_train = make_dataset(args.train, args.seed, args.night_share)
     anc = anchors()
     cls_t, box_t = encode_targets(gt_train, anc)
     print(f"data: {args.train} images in {time.time() - t0:.0f} s, "
