@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -28,7 +29,7 @@ import aiomqtt
 from cewire import StreamDecoder
 
 from cityedge.manifest import Manifest, NodeRecord, save_manifest
-from gateway.broker import LocalBroker
+from gateway.broker import LocalBroker, free_port
 from gateway.simnode import SimNode
 from gateway.uplink import codec
 
@@ -74,6 +75,7 @@ class BenchSite:
         self.delivered = 0
         self.delivered_keys: set[tuple[str, str, int]] = set()
         self.broker = LocalBroker()
+        self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -84,7 +86,7 @@ class BenchSite:
         serial = "".join(f'[[serial]]\nname = "bus{i}"\nport = "{p.path}"\n' for i, p in enumerate(self.ports))
         (self.tmp / "gw.toml").write_text(
             f'[gateway]\nid = "gw-bench"\nstate_dir = "state"\nlog_level = "warning"\n{serial}'
-            f'[nodes]\nmanifest = "nodes.json"\n[health]\nlisten = false\n'
+            f'[nodes]\nmanifest = "nodes.json"\n[health]\nlisten = "127.0.0.1:{self.health_port}"\n'
             f'[uplink]\nurl = "{self.broker.url}"\nbatch_max = 2000\nbatch_ms = {self.batch_ms}\n'
             f'[outbox]\nbatch_max = 5000\nflush_ms = {self.batch_ms}\n'
         )
@@ -191,6 +193,14 @@ class BenchSite:
 
     def after_answers(self) -> None:
         """Hook: called after every chunk of gateway answers (the load generator refills windows here)."""
+
+    async def status(self) -> dict[str, Any]:
+        """The agent's /status (JSON)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.health_port)
+        writer.write(b"GET /status HTTP/1.0\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        return dict(json.loads(data.partition(b"\r\n\r\n")[2]))
 
     def agent_cpu_seconds(self) -> float:
         assert self.proc is not None

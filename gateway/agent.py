@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -84,6 +85,11 @@ class Agent:
                 self.outbox = outbox
                 await self._start(outbox)
                 async with self._health():
+                    # Per frame the pipeline allocates a few short-lived dicts; with CPython's default GC
+                    # thresholds the young generation is scanned every 700 allocations, which costs ~30 %
+                    # of ingest time at high rates. Start-up objects are frozen out of the scans.
+                    gc.freeze()
+                    gc.set_threshold(50_000, 20, 100)
                     self.ready.set()
                     self.notifier.ready(self.status_line())
                     log.info("gateway %s ready: %s", cfg.gateway_id, self.status_line())
