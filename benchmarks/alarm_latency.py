@@ -1,8 +1,9 @@
 """Alarm latency: a medical alarm frame arriving at the gateway → delivered by the upstream broker.
 
 Same real site as the ingest benchmark (gateway_site.py: agent process on one core, pty serial links,
-SQLite outbox with fsync, real mosquitto, a subscriber): while 200 streetlight nodes keep a telemetry load
-of 5,000 frames/s, a medical node raises a high-priority alarm (EVENT, desaturation) every 50 ms. The clock
+SQLite outbox with fsync, real mosquitto, a subscriber): while 200 streetlight nodes on 8 serial buses keep
+a telemetry load of 5,000 frames/s, a medical node on its own port (a ward's USB link) raises a
+high-priority alarm (EVENT, desaturation) every 50 ms. The clock
 starts when the alarm frame is written to the gateway's serial port and stops when the subscriber receives
 it from the broker. Alarms overtake telemetry at every hop (commit at once, ``alarm`` lane first upstream).
 
@@ -46,7 +47,7 @@ async def run(seconds: float, background_fps: int, alarm_every_s: float) -> dict
             if t is not None:
                 latencies.append((now - t) * 1000.0)
 
-    site = BenchSite(nodes=200, medical=1, ports=2, window=8, on_event=on_event)
+    site = BenchSite(nodes=200, medical=1, ports=8, window=8, on_event=on_event)
     medic_id = 9000
     async with site:
         lights = [n for n in site.nodes.values() if n.role == "streetlight"]
