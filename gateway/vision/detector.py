@@ -304,13 +304,12 @@ class Detector:
         boxes, classes, scores, count_t = (o.reshape(-1) if i else o for i, o in enumerate(outputs))
         boxes = boxes.reshape(-1, 4)
         count = min(int(count_t[0]), len(scores))
+        keep = np.nonzero(scores[:count] >= self.min_score)[0]
         out = []
-        for k in np.nonzero(scores[:count] >= self.min_score)[0]:
-            y0, x0, y1, x1 = np.clip(boxes[k], 0.0, 1.0).tolist()
-            cid = int(classes[k])
+        for (y0, x0, y1, x1), cid, score in zip(np.clip(boxes[keep], 0.0, 1.0).tolist(),
+                                                 classes[keep].astype(int).tolist(), scores[keep].tolist()):
             cut = min(x0, y0) < EDGE or max(x1, y1) > 1.0 - EDGE
-            out.append(Detection(self._label(cid), float(scores[k]), (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid,
-                                 cut))
+            out.append(Detection(self._label(cid), score, (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid, cut))
         return out
 
     def _decode_yolo(self, outputs: list[np.ndarray], fw: int, fh: int) -> list[Detection]:

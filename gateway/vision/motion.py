@@ -29,11 +29,12 @@ class MotionGate:
 
     ``width``: analysis width in pixels (height keeps the aspect); ``threshold``: grey-level difference
     that counts as change; ``min_area``: smallest changed share of the frame (0..1) that opens the gate;
-    ``learn``: how fast the background follows the scene (0..1 per frame).
+    ``learn``: how fast the background follows the scene (0..1 per frame); ``regions``: also say where
+    (connected components; classifiers need it, whole-frame detectors do not).
     """
 
     def __init__(self, width: int = 160, threshold: int = 18, min_area: float = 0.0015,
-                 learn: float = 0.05) -> None:
+                 learn: float = 0.05, regions: bool = True) -> None:
         if width < 16:
             raise ValueError("motion gate width must be at least 16 pixels")
         self.width = width
@@ -42,6 +43,8 @@ class MotionGate:
         self.learn = learn
         self._bg: np.ndarray | None = None
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        self._speck = np.ones((3, 3), np.uint8)
+        self.regions = regions
 
     def reset(self) -> None:
         """Forget the background (after a reconnect the view may have changed)."""
@@ -66,6 +69,9 @@ class MotionGate:
         changed = cv2.countNonZero(mask) / mask.size
         if changed < self.min_area:
             return GateResult(False, changed=changed)
+        if not self.regions:  # detectors look at the whole frame: only "did something real move" matters
+            solid = cv2.countNonZero(cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._speck)) / mask.size
+            return GateResult(solid >= self.min_area, changed=changed)
         mask = cv2.dilate(mask, self._kernel, iterations=2)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         sx, sy = fw / width, fh / h

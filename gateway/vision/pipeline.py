@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from gateway.vision.capture import CaptureError, FrameSource, open_source
@@ -61,6 +62,7 @@ class Gated:
     ts: float
     gate: GateResult
     tensor: np.ndarray | None = None
+    small: np.ndarray | None = None  # the frame at the detector's input size
 
 
 @dataclass
@@ -87,6 +89,7 @@ class FrameAnalyzer:
         self.detector = detector
         self.analytics = analytics
         self.gate = gate or MotionGate()
+        self.gate.regions = detector.kind == "classifier"  # only classifiers look at motion regions
         self.tracker = tracker or Tracker(min_hits=analytics.min_hits, max_missed_s=max(1.5, 2 * keepalive_s))
         self.keepalive_s = keepalive_s
         self.always_detect = always_detect
@@ -104,7 +107,7 @@ class FrameAnalyzer:
         small = self.detector.resize(frame)
         gate = self.gate(frame, small)
         tensor = self.detector.tensor(small) if (gate.motion or self.always_detect) else None
-        return Gated(frame, ts, gate, tensor)
+        return Gated(frame, ts, gate, tensor, small)
 
     def infer(self, g: Gated) -> Inferred:
         """Stage 2: run the model if the gate saw motion, or tracks need a keep-alive look."""
@@ -115,7 +118,7 @@ class FrameAnalyzer:
             return Inferred(size, g.ts, False)
         self.detections_run += 1
         self._last_detect = g.ts
-        self.last_mean_grey = float(g.frame[::8, ::8].mean())
+        self.last_mean_grey = float(np.mean(cv2.mean(g.small if g.small is not None else g.frame)[:3]))
         if self.detector.kind == "classifier":
             return Inferred(size, g.ts, True, detections=self.detector.detect(g.frame, g.gate.regions))
         tensor = g.tensor if g.tensor is not None else self.detector.prepare(g.frame)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from gateway.vision.detector import Detection
-from gateway.vision.metrics import iou
 
 VOTE_DECAY = 0.95  # per detection: a label seen 14 detections ago counts half
 EDGE_VOTE = 0.3  # weight of a label seen on a box cut by the frame edge (a car's front looks like anything)
@@ -82,28 +83,8 @@ class Tracker:
         """Feed one frame's detections at time ``now`` (seconds). Returns (updated tracks, tracks ended)."""
         pairs: list[tuple[float, int, int]] = []
         tracks = list(self.tracks.values())
-        for ti, t in enumerate(tracks):
-            tw = max(t.box[2] - t.box[0], 1.0)
-            th = max(t.box[3] - t.box[1], 1.0)
-            # constant-velocity prediction: fast objects overlap where they will be, not where they were
-            dt = now - t.last_seen
-            ox, oy = t.velocity[0] * dt, t.velocity[1] * dt
-            pbox = (t.box[0] + ox, t.box[1] + oy, t.box[2] + ox, t.box[3] + oy)
-            tc = ((pbox[0] + pbox[2]) / 2, (pbox[1] + pbox[3]) / 2)
-            near = self.max_dist if dt <= 0.5 else self.max_dist / 2  # an old track does not jump far
-            for di, d in enumerate(detections):
-                overlap = iou(pbox, d.box)
-                # Another class needs a clear overlap (a car passing in front of a pedestrian must not take
-                # over the pedestrian's track), unless the object is still coming into view at the edge.
-                same = d.label == t.label or t.at_edge or d.truncated
-                if overlap >= (self.min_iou if same else max(0.5, self.min_iou)):
-                    pairs.append((1.0 + overlap, ti, di))
-                    continue
-                dc = d.center
-                # distance in units of the track's size: tolerant along the direction of travel
-                dist = ((dc[0] - tc[0]) / tw) ** 2 + ((dc[1] - tc[1]) / th) ** 2
-                if dist <= near**2 and d.label == t.label:
-                    pairs.append((1.0 - dist**0.5 / (near + 1e-9), ti, di))
+        if tracks and detections:
+            pairs = self._candidates(tracks, detections, now)
         pairs.sort(reverse=True)
         used_t: set[int] = set()
         used_d: set[int] = set()
@@ -142,6 +123,40 @@ class Tracker:
         for t in ended:
             del self.tracks[t.track_id]
         return updated, ended
+
+    def _candidates(self, tracks: list[Track], detections: list[Detection],
+                    now: float) -> list[tuple[float, int, int]]:
+        """(affinity, track index, detection index) for every plausible pair, numpy for the T×N part."""
+        # constant-velocity prediction: fast objects overlap where they will be, not where they were
+        dt = np.array([now - t.last_seen for t in tracks])
+        vel = np.array([t.velocity for t in tracks])
+        tb = np.array([t.box for t in tracks]) + np.repeat(vel * dt[:, None], 2, axis=1)
+        db = np.array([d.box for d in detections])
+        ix = np.clip(np.minimum(tb[:, None, 2], db[None, :, 2]) - np.maximum(tb[:, None, 0], db[None, :, 0]), 0, None)
+        iy = np.clip(np.minimum(tb[:, None, 3], db[None, :, 3]) - np.maximum(tb[:, None, 1], db[None, :, 1]), 0, None)
+        inter = ix * iy
+        area_t = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
+        area_d = (db[:, 2] - db[:, 0]) * (db[:, 3] - db[:, 1])
+        overlap = inter / np.maximum(area_t[:, None] + area_d[None, :] - inter, 1e-9)
+        # centre distance in units of the track's size (tolerant along the direction of travel)
+        tw = np.maximum(tb[:, 2] - tb[:, 0], 1.0)[:, None]
+        th = np.maximum(tb[:, 3] - tb[:, 1], 1.0)[:, None]
+        dx = ((db[None, :, 0] + db[None, :, 2]) - (tb[:, None, 0] + tb[:, None, 2])) / 2 / tw
+        dy = ((db[None, :, 1] + db[None, :, 3]) - (tb[:, None, 1] + tb[:, None, 3])) / 2 / th
+        dist = np.sqrt(dx * dx + dy * dy)
+        near = np.where(dt <= 0.5, self.max_dist, self.max_dist / 2)[:, None]  # an old track does not jump far
+        out: list[tuple[float, int, int]] = []
+        for ti, di in zip(*np.nonzero((overlap >= self.min_iou) | (dist <= near))):
+            t, d = tracks[ti], detections[di]
+            o = float(overlap[ti, di])
+            # Another class needs a clear overlap (a car passing in front of a pedestrian must not take
+            # over the pedestrian's track), unless the object is still coming into view at the edge.
+            same = d.label == t.label or t.at_edge or d.truncated
+            if o >= (self.min_iou if same else max(0.5, self.min_iou)):
+                out.append((1.0 + o, int(ti), int(di)))
+            elif d.label == t.label and dist[ti, di] <= near[ti, 0]:
+                out.append((1.0 - float(dist[ti, di]) / (float(near[ti, 0]) + 1e-9), int(ti), int(di)))
+        return out
 
     def update_missing(self, now: float) -> tuple[list[Track], list[Track]]:
         """A frame analysed without running the detector: only end tracks that are too old."""
