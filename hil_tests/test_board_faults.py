@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -54,6 +55,9 @@ def test_deep_sleep_wakes_on_the_virtual_clock(board_factory: Callable[..., Emul
     assert r.eval("__import__('os').uname().sysname") == "esp32"
     r._t.serial.write(b"import machine; machine.deepsleep(60000)\x04")  # no answer: the board goes to sleep
     r._t.serial.close()
+    deadline = time.monotonic() + 10
+    while not b.status()["asleep"] and time.monotonic() < deadline:
+        time.sleep(0.02)
     b.advance(30)
     assert b.status()["asleep"] is True
     b.advance(40)  # wakes at +60 s, then runs 10 s of its own

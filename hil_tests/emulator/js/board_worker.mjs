@@ -17,14 +17,51 @@ const realDateNow = Date.now;
 const realSetImmediate = globalThis.setImmediate;
 
 const cfg = workerData;
-// The host compiled micropython.wasm once for all its boards: instantiate that module instead of compiling
-// the bytes again at every boot and soft reset.
-if (cfg.wasmModule) {
+// Ctrl-C while Python code runs: the VM calls out through Emscripten's invoke_* helpers on most function
+// calls; every 1024th call looks for a Ctrl-C in the input ring and schedules KeyboardInterrupt, as a
+// board's UART interrupt does. (A loop that calls nothing is caught by the host's hung-board respawn.)
+let vmExports = null;
+let invokeCalls = 0;
+const wrapped = new WeakSet();
+function wrapInvokes(imports) {
+  for (const ns of Object.values(imports || {})) {
+    if (!ns || typeof ns !== 'object' || wrapped.has(ns)) continue;
+    wrapped.add(ns);
+    for (const k of Object.keys(ns)) {
+      if (!k.startsWith('invoke_') || typeof ns[k] !== 'function') continue;
+      const f = ns[k];
+      ns[k] = (a, b, c, d, e, g, h) => {
+        if ((++invokeCalls & 1023) === 0) pollCtrlC();
+        return f(a, b, c, d, e, g, h);
+      };
+    }
+  }
+}
+// Only a program that has run for a while is interrupted this way: a Ctrl-C queued behind a short command
+// is left to the REPL, and no KeyboardInterrupt stays pending for whatever Python runs next.
+let busySince = 0;
+function busy(fn) {
+  const outer = busySince;
+  if (!outer) busySince = realDateNow();
+  try { return fn(); } finally { if (!outer) busySince = 0; }
+}
+function pollCtrlC() {
+  if (binaryStdout || !vmExports || mode === 'boot' || !busySince || realDateNow() - busySince < 50) return;
+  if (!peekHasCtrlC()) return;
+  consumeThroughCtrlC();
+  vmExports.mp_sched_keyboard_interrupt();
+}
+{
   const instantiate = WebAssembly.instantiate;
   WebAssembly.instantiate = async (source, imports) => {
-    if (source instanceof WebAssembly.Module) return instantiate(source, imports);
-    const instance = await instantiate(cfg.wasmModule, imports);
-    return { module: cfg.wasmModule, instance };
+    wrapInvokes(imports);
+    let result;
+    // the host compiled micropython.wasm once for all its boards: no compile at each boot and soft reset
+    if (source instanceof WebAssembly.Module) result = { module: source, instance: await instantiate(source, imports) };
+    else if (cfg.wasmModule) result = { module: cfg.wasmModule, instance: await instantiate(cfg.wasmModule, imports) };
+    else result = await instantiate(source, imports);
+    vmExports = result.instance.exports;
+    return result;
   };
 }
 const { loadMicroPython } = await import(cfg.micropython);
@@ -73,7 +110,7 @@ class Clock {
       this.timers.set(id, { due: this.t + ms, fn, args, seq: id });
       if (this.t + ms <= horizon[0]) scheduleRun();
     } else {
-      const h = realSetTimeout(() => { this.realTimers.delete(id); fn(...args); }, ms);
+      const h = realSetTimeout(() => { this.realTimers.delete(id); busy(() => fn(...args)); }, ms);
       this.realTimers.set(id, h);
     }
     return id;
@@ -121,7 +158,7 @@ async function runVirtual() {
       if (!next || next.due > limit) { clock.t = Math.max(clock.t, limit); break; }
       clock.timers.delete(next.id);
       clock.t = Math.max(clock.t, next.due);
-      try { next.fn(...next.args); } catch (e) { emitErr(`timer: ${e && e.stack || e}`); }
+      try { busy(() => next.fn(...next.args)); } catch (e) { emitErr(`timer: ${e && e.stack || e}`); }
       // promises settle between timers; host messages (UART bytes, control) get a turn every few ms
       if (++fired % 64 === 0 || realDateNow() - lastYield > 5) {
         await new Promise((r) => realSetImmediate(r));
@@ -495,7 +532,7 @@ function transformAsyncioRun(src) {
 // Returns [status, traceback text]; status is 'ok' | 'error' | 'exit' | 'interrupted'.
 async function runCode(code, gen) {
   try {
-    await mp.runPythonAsync(code);
+    await busy(() => mp.runPythonAsync(code)); // busy for its synchronous start; timers cover the rest
     return ['ok', ''];
   } catch (e) {
     if (gen !== generation) return ['interrupted', ''];
@@ -634,9 +671,7 @@ function drainInput() {
       const r = Atomics.load(ctl, 1);
       const c = ring[r % RING];
       Atomics.store(ctl, 1, r + 1);
-      Atomics.store(ctl, 3, 1);
-      processChar(c);
-      Atomics.store(ctl, 3, 0);
+      busy(() => processChar(c));
     }
   } finally { draining = false; flushOut(); }
 }

@@ -171,7 +171,8 @@ class Board {
     this.powered = true;
     this.resetReason = cause;
     this.boots++;
-    Atomics.store(this.ctl, 1, Atomics.load(this.ctl, 0)); // input typed before the reset is gone
+    // input typed before the reset is gone, except after the Ctrl-C that made us respawn a hung board
+    Atomics.store(this.ctl, 1, opts.keepInputFrom ?? Atomics.load(this.ctl, 0));
     this.horizon[1] = 0; // the watchdog is off after any reset until firmware arms it again
     const c = CAUSES[cause] || CAUSES.hard;
     this.output(Buffer.from(`\r\n${c.rom}\r\n`, 'latin1'));
@@ -263,10 +264,10 @@ class Board {
     if (!this.cfg.virtual_time && wdtDeadline > 0 && now > wdtDeadline + 250) { this.horizon[1] = 0; this.spawn('wdt'); return; }
     const r = Atomics.load(this.ctl, 1);
     const w = Atomics.load(this.ctl, 0);
-    let ctrlC = false;
-    for (let i = r; i < w; i++) if (this.ring[i % RING_SIZE] === 3) { ctrlC = true; break; }
-    if (!ctrlC || r !== this.lastRead) { this.lastRead = r; this.stuckSince = now; return; }
-    if (now - this.stuckSince > 1000) { this.stuckSince = now; this.spawn('hung'); }
+    let ctrlC = -1;
+    for (let i = r; i < w; i++) if (this.ring[i % RING_SIZE] === 3) { ctrlC = i; break; }
+    if (ctrlC < 0 || r !== this.lastRead) { this.lastRead = r; this.stuckSince = now; return; }
+    if (now - this.stuckSince > 1500) { this.stuckSince = now; this.spawn('hung', { keepInputFrom: ctrlC + 1 }); }
   }
 
   control(m) {
