@@ -248,6 +248,11 @@ def _parse_host_port(section: _Section, name: str, value: str | None) -> None:
 def load_config(path: str | Path) -> GatewayConfig:
     """Read and validate the gateway's TOML configuration; raise ConfigError naming file+key on a problem."""
     file = Path(path)
+    return parse_config(file, read_toml(file))
+
+
+def read_toml(file: Path) -> dict[str, Any]:
+    """The parsed TOML document at ``file``; ConfigError (naming the file) if it is missing or invalid."""
     try:
         with file.open("rb") as fh:
             data = tomllib.load(fh)
@@ -258,7 +263,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(str(file), None, f"cannot read: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(file), None, f"not valid TOML: {exc}") from exc
-    return parse_config(file, data)
+    return data
 
 
 def parse_config(file: Path, data: Mapping[str, Any]) -> GatewayConfig:

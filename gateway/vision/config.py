@@ -7,14 +7,13 @@ Errors are :class:`cityedge.errors.ConfigError` naming the file and the dotted k
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cityedge.errors import ConfigError
 from cityedge.paths import MODELS
-from gateway.config import _Section
+from gateway.config import _Section, read_toml
 from gateway.vision.detector import BACKENDS
 from gateway.vision.zones import CountLine, Zone
 
@@ -219,16 +218,7 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
 def load_vision_config(path: str | Path) -> VisionConfig:
     """Read the ``[vision]`` table of a TOML file (the gateway's config, or a file of its own)."""
     file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        hint = "pass --config with the path of gateway.toml"
-        raise ConfigError(str(file), None, "file not found", hint=hint) from exc
-    except OSError as exc:
-        raise ConfigError(str(file), None, f"cannot read: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(file), None, f"not valid TOML: {exc}") from exc
+    data = read_toml(file)
     if "vision" not in data:
         raise ConfigError(str(file), "vision", "no [vision] table", hint="see docs/vision.md for an example")
     return parse_vision(file, data["vision"])
