@@ -142,6 +142,22 @@ def test_camera_worker_survives_dropouts_and_reports_state(street_video: tuple) 
     assert worker.frames_analyzed + worker.frames_skipped <= worker.frames_captured
 
 
+def test_malformed_frames_are_counted_and_dropped(street_video: tuple) -> None:
+    frames, _ = street_video
+    det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
+    bad = [np.zeros((480, 640), np.uint8), np.zeros((0, 0, 3), np.uint8)]  # grey, empty
+    feed = [*frames[100:105], bad[0], *frames[105:110], bad[1], *frames[110:115]]
+    src = FlakySource(feed, fail_opens=0, frames_per_open=len(feed))
+    worker = CameraWorker(_camera(), FrameAnalyzer(det, Analytics([], [LINE])), lambda c, e: None,
+                          source_factory=lambda: src() if src.opens == 0 else ArraySource([]), lossless=True)
+    worker.start()
+    try:
+        assert _wait(lambda: worker.frames_analyzed >= 15)
+    finally:
+        worker.stop()
+    assert worker.frame_errors == 2 and worker.frames_captured == 17 and worker.frames_analyzed == 15
+
+
 def test_camera_that_stays_away_is_reported_lost() -> None:
     det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
     states: list[str] = []

@@ -69,7 +69,6 @@ class VisionConfig:
     min_score: float = 0.3
     interval_s: float = 60.0  # counts event period
     snapshots: bool = False  # frames never leave the gateway unless this is true (and then blurred)
-    snapshot_dir: Path | None = None
     cameras: tuple[CameraConfig, ...] = ()
     lighting: tuple[LightingRule, ...] = field(default_factory=tuple)
 
@@ -126,7 +125,6 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
     min_score = v.number("min_score", 0.3, low=0.01, high=1.0)
     interval_s = v.number("interval_s", 60.0, low=1.0, high=86400.0)
     snapshots = v.boolean("snapshots", False)
-    snapshot_dir = v.path("snapshot_dir")
     cameras: list[CameraConfig] = []
     for i, item in enumerate(_tables(v, "camera")):
         c = _Section(file, f"vision.camera[{i}]", item)
@@ -212,7 +210,7 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
         r.finish()
     v.finish()
     return VisionConfig(enabled, backend, threads, xnnpack, model, labels, min_score, interval_s, snapshots,
-                        snapshot_dir, tuple(cameras), tuple(rules))
+                        tuple(cameras), tuple(rules))
 
 
 def load_vision_config(path: str | Path) -> VisionConfig:

@@ -190,10 +190,11 @@ class VisionService:
     # ------------------------------------------------------------------ status and snapshots
 
     def status(self) -> dict[str, Any]:
-        """Per camera: state, frames captured/analysed/skipped, detector runs, reconnects."""
+        """Per camera: state, frames captured/analysed/skipped, detector runs, reconnects, malformed frames."""
         return {name: {"state": w.state, "detail": w.state_detail, "frames": w.frames_captured,
                        "analyzed": w.frames_analyzed, "skipped": w.frames_skipped,
-                       "detector_runs": w.analyzer.detections_run, "reconnects": w.reconnects}
+                       "detector_runs": w.analyzer.detections_run, "reconnects": w.reconnects,
+                       "frame_errors": w.frame_errors}
                 for name, w in self.workers.items()}
 
     def snapshot(self, camera: str) -> bytes:
