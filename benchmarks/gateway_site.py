@@ -102,10 +102,8 @@ class BenchSite:
             [sys.executable, *prof, "-m", "cityedge", "gateway", "run", "--config", str(self.tmp / "gw.toml")],
             env=env, stderr=(self.tmp / "agent.log").open("wb"),
         )
-        if self.agent_cpu is not None:  # the agent gets one core; nodes, broker and subscriber the others
-            os.sched_setaffinity(self.proc.pid, {self.agent_cpu})
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {self.agent_cpu})
+        if self.agent_cpu is not None:  # the agent (all its threads) gets one core; the load generator,
+            os.sched_setaffinity(self.proc.pid, {self.agent_cpu})  # broker and subscriber run where they can
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while True:

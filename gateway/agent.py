@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -90,6 +91,10 @@ class Agent:
                     # of ingest time at high rates. Start-up objects are frozen out of the scans.
                     gc.freeze()
                     gc.set_threshold(50_000, 20, 100)
+                    # The outbox's SQLite thread releases and re-takes the GIL around every statement
+                    # step; with the default 5 ms switch interval each re-take can wait 5 ms behind the
+                    # busy event loop, which stretched single commits to hundreds of ms under load.
+                    sys.setswitchinterval(0.0005)
                     self.ready.set()
                     self.notifier.ready(self.status_line())
                     log.info("gateway %s ready: %s", cfg.gateway_id, self.status_line())
