@@ -49,7 +49,7 @@ class LocalMqttConfig:
 @dataclass(frozen=True)
 class NodesConfig:
     manifest: Path | None = None  # the provisioning manifest written by `cityedge flash`
-    offline_after_s: float = 900.0  # silence after which a node counts as offline
+    offline_after_s: float = 2400.0  # silence after which a node counts as offline (2+ missed 15-min reports)
     time_sync_s: float = 3600.0  # TIME frame to each online node this often (and after HELLO)
     watch_manifest: bool = True  # reload the manifest when the file changes (SIGHUP always reloads)
 
@@ -323,7 +323,7 @@ def parse_config(file: Path, data: Mapping[str, Any]) -> GatewayConfig:
     nd = _Section(file, "nodes", top.raw("nodes"))
     nodes = NodesConfig(
         manifest=nd.path("manifest"),
-        offline_after_s=nd.number("offline_after_s", 900.0, low=1, high=7 * 86400),
+        offline_after_s=nd.number("offline_after_s", 2400.0, low=1, high=7 * 86400),
         time_sync_s=nd.number("time_sync_s", 3600.0, low=1, high=7 * 86400),
         watch_manifest=nd.boolean("watch_manifest", True),
     )
