@@ -62,6 +62,7 @@ class Agent:
         self.links: list[SerialLink] = []
         self.mqtt: MqttIngest | None = None
         self.uplink: Any = None
+        self.vision: Any = None
         self.started = time.time()
         self.ready = asyncio.Event()
         self.task_restarts: dict[str, int] = {}
@@ -140,6 +141,7 @@ class Agent:
         if cfg.nodes.manifest is not None and cfg.nodes.watch_manifest:
             self._supervise("registry", lambda: self.registry.watch(2.0))
         await self._start_uplink(outbox)
+        await self._start_vision(outbox)
         self._supervise("watchdog", self.watchdog.run)
 
     async def _start_uplink(self, outbox: Outbox) -> None:
@@ -151,6 +153,18 @@ class Agent:
         assert self.router is not None
         self.uplink = await start_uplink(self.config, outbox, self.router, heartbeat=heartbeat.beat,
                                          registry=self.registry, agent_state=self._agent_state)
+
+    async def _start_vision(self, outbox: Outbox) -> None:
+        """Cameras (docs/vision.md): events into the outbox, adaptive lighting through the command router."""
+        vcfg = self.config.vision
+        if vcfg is None or not getattr(vcfg, "enabled", False):
+            return
+        from gateway.vision.service import VisionService
+
+        assert self.router is not None
+        self.vision = VisionService(vcfg, outbox.put, submit=self.router.submit, watchdog=self.watchdog)
+        await self.vision.__aenter__()
+        self._supervise("vision", self.vision.run)  # one watchdog heartbeat per camera
 
     def _agent_state(self) -> dict[str, Any]:
         """What the uplink's birth message says about this agent."""
@@ -191,6 +205,11 @@ class Agent:
         for task in rest:
             task.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+        if self.vision is not None:  # stops the cameras; what they said before stopping still goes out
+            try:
+                await asyncio.wait_for(self.vision.__aexit__(None, None, None), 15.0)
+            except Exception as exc:
+                log.error("vision did not stop cleanly: %r", exc)
         if self.uplink is not None:
             closer = getattr(self.uplink, "aclose", None) or getattr(self.uplink, "stop", None)
             if closer is not None:
@@ -321,6 +340,8 @@ class Agent:
                              "duplicates": s.duplicates, "disk_bytes": s.disk_bytes}
         if self.router is not None:
             out["commands"] = {"in_flight": self.router.in_flight, **self.router.counts}
+        if self.vision is not None:
+            out["vision"] = self.vision.status()
         return out
 
     def metrics(self) -> Iterable[Metric]:

@@ -124,10 +124,12 @@ class GatewayConfig:
     health: HealthConfig
     watchdog: WatchdogConfig
     log_level: str = "info"
+    vision: Any = None  # gateway.vision.config.VisionConfig when a [vision] table is present
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as a dict with secrets replaced, for logs and the JSON status."""
         out = asdict(self)
+        out["vision"] = None if self.vision is None else {"enabled": bool(getattr(self.vision, "enabled", False))}
         if out["uplink"].get("password"):
             out["uplink"]["password"] = "***"
         return _stringify(out)
@@ -382,6 +384,13 @@ def parse_config(file: Path, data: Mapping[str, Any]) -> GatewayConfig:
     health = HealthConfig(listen)
     hs.finish()
 
+    vision_raw = top.raw("vision")
+    vision = None
+    if vision_raw is not None:  # cameras (docs/vision.md); imported only when configured
+        from gateway.vision.config import parse_vision
+
+        vision = parse_vision(file, vision_raw)
+
     wd = _Section(file, "watchdog", top.raw("watchdog"))
     # loops report progress about once a second, so anything much shorter would be a false alarm
     watchdog = WatchdogConfig(stall_after_s=wd.number("stall_after_s", 30.0, low=3, high=3600))
@@ -400,4 +409,5 @@ def parse_config(file: Path, data: Mapping[str, Any]) -> GatewayConfig:
         health=health,
         watchdog=watchdog,
         log_level=log_level,
+        vision=vision,
     )

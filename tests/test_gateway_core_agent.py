@@ -154,3 +154,25 @@ async def test_watchdog_stops_when_the_ingest_loop_stalls(tmp_path: Path) -> Non
         await asyncio.wait_for(task, 10)
         notify.close()
         os.close(master)
+
+
+async def test_agent_runs_vision_when_configured(tmp_path: Path) -> None:
+    """[vision] is validated with the rest and its cameras join the watchdog (an absent camera still beats)."""
+    (tmp_path / "gw.toml").write_text(
+        '[gateway]\nid = "gw-cam"\nstate_dir = "state"\n[health]\nlisten = false\n'
+        '[vision]\nenabled = true\n[[vision.camera]]\nname = "north"\nsource = "/dev/video97"\n'
+        'reconnect_min_s = 0.1\n'
+    )
+    agent = Agent(load_config(tmp_path / "gw.toml"), install_signals=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 20)
+        await asyncio.sleep(1.5)
+        status = agent.status()
+        assert "vision:north" in status["loops"] and status["healthy"]
+        assert "vision" in status
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    assert agent.vision is not None
