@@ -8,7 +8,7 @@ import sys
 
 def test_demo_runs_a_site_and_stops_by_itself() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "cityedge", "demo", "--lights", "1", "--duration", "12", "--plain"],
+        [sys.executable, "-m", "cityedge", "demo", "--lights", "1", "--duration", "15", "--plain"],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -20,4 +20,5 @@ def test_demo_runs_a_site_and_stops_by_itself() -> None:
     assert "online" in nodes["sl-1"] and "online" in nodes["bed-1"], text[-3000:]
     delivered = next(line for line in lines if line.startswith("UPSTREAM ("))
     assert int(delivered.split("(")[1].split()[0]) > 0  # events went gateway -> broker -> operations center
+    assert "cam:main-street" in text  # the street camera's events (vision) reached the operations center
     assert "Traceback" not in out.stderr
