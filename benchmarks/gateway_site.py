@@ -42,6 +42,16 @@ def _records(n: int, first_id: int, role: str) -> list[NodeRecord]:
     ]
 
 
+def _least_busy_cpu() -> int:
+    try:
+        import psutil
+
+        busy = psutil.cpu_percent(interval=0.5, percpu=True)
+        return min(range(len(busy)), key=busy.__getitem__)
+    except ImportError:
+        return 0
+
+
 class Port:
     """One pty: the agent opens ``path``; the site writes node frames into ``master`` and reads answers."""
 
@@ -59,10 +69,12 @@ class BenchSite:
     """``async with BenchSite(nodes=..., ports=...) as site:`` — broker, agent, nodes, subscriber."""
 
     def __init__(self, *, nodes: int, medical: int = 0, ports: int = 2, window: int = 8,
-                 agent_cpu: int | None = 0, on_event: Callable[[codec.UplinkEvent, float], None] | None = None,
+                 agent_cpu: int | None = -1, on_event: Callable[[codec.UplinkEvent, float], None] | None = None,
                  batch_ms: float = 5.0) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="cityedge-bench-"))
         self.window = window
+        if agent_cpu == -1:  # the machine may be shared: give the agent the core that is least busy now
+            agent_cpu = _least_busy_cpu()
         self.agent_cpu = agent_cpu if (agent_cpu is not None and (os.cpu_count() or 1) > 1) else None
         self.records = _records(nodes, 1000, "streetlight") + _records(medical, 9000, "medical")
         self.nodes = {r.node_id: SimNode(r.node_id, r.key, r.key_id, r.role) for r in self.records}

@@ -72,6 +72,7 @@ async def run(total: int, nodes: int, window: int, ports: int) -> dict[str, obje
             "seconds": round(elapsed, 2),
             "agent_cpu_s": round(cpu, 2),
             "agent_cores_used": round(cpu / elapsed, 2),
+            "agent_cpu": site.agent_cpu,
             # the machine may be shared: what one fully used core sustains at the measured CPU cost
             "frames_per_agent_cpu_s": round(site.delivered / cpu) if cpu else None,
             "load_generator_cpu_s": round(own, 2),  # nodes + operations-center subscriber (other core)
