@@ -110,6 +110,13 @@ class Downlink:
         frame = encode_frame(ftype, node_id, self.seq.next(), now, flags_for(CH_CTRL), payload, self._key(node_id))
         return cobs_encode(frame)
 
+    def _safe_encode(self, ftype: int, node_id: int, payload: bytes) -> bytes | None:
+        try:
+            return self._encode(ftype, node_id, payload)
+        except LookupError:  # the node left the registry (manifest reload) since its frame was verified
+            self.dropped += 1
+            return None
+
     def _send(self, link: Link | None, data: bytes, what: str) -> bool:
         if link is None or not link.send(data):
             self.dropped += 1
@@ -122,7 +129,8 @@ class Downlink:
         if link is None:
             st = self.tracker.get(node_id)
             link = st.link if st else None
-        return self._send(link, self._encode(T_ACK, node_id, payloads.ack(cums)), "ack")
+        data = self._safe_encode(T_ACK, node_id, payloads.ack(cums))
+        return data is not None and self._send(link, data, "ack")
 
     def send_time(self, node_id: int, link: Link | None = None) -> bool:
         """Send the gateway's UTC clock to the node."""
@@ -131,7 +139,8 @@ class Downlink:
             link = st.link if st else None
         now = time.time()
         payload = payloads.time_sync(int(now), int(now * 1000) % 1000, self.tz_min)
-        ok = self._send(link, self._encode(T_TIME, node_id, payload), "time")
+        data = self._safe_encode(T_TIME, node_id, payload)
+        ok = data is not None and self._send(link, data, "time")
         st = self.tracker.get(node_id)
         if ok and st is not None:
             st.last_time_sync = time.monotonic()

@@ -340,7 +340,13 @@ class Ingest:
                 task.cancel()
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
-        if self.heartbeat is not None and not task.cancelled():
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug: the frames of that batch stay unacknowledged and nodes resend them
+            log.error("flush failed: %r", exc, exc_info=exc)
+            return
+        if self.heartbeat is not None:
             self.heartbeat()
 
     async def flush(self) -> None:
