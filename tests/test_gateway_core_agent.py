@@ -142,12 +142,12 @@ async def test_watchdog_stops_when_the_ingest_loop_stalls(tmp_path: Path) -> Non
         for _ in range(100):  # the stall shows 3 s after the last progress
             await asyncio.sleep(0.1)
             msgs += drain()
-            if any(m.startswith("STATUS=STALLED: ingest") for m in msgs):
+            if any(m.startswith("STATUS=STALLED:") and "ingest" in m for m in msgs):
                 break
-        assert any(m.startswith("STATUS=STALLED: ingest") for m in msgs), msgs[-5:]
+        assert any(m.startswith("STATUS=STALLED:") and "ingest" in m for m in msgs), msgs[-5:]
         await asyncio.sleep(0.3)
         assert "WATCHDOG=1" not in drain()
-        assert agent.status()["healthy"] is False and agent.status()["stalled"] == ["ingest"]
+        assert agent.status()["healthy"] is False and "ingest" in agent.status()["stalled"]
         hang.set()
     finally:
         stop.set()
