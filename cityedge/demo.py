@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import tty
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,7 @@ class Demo:
         self.upstream: deque[str] = deque(maxlen=12)
         self.alarms: deque[str] = deque(maxlen=8)
         self.upstream_count = 0
+        self.upstream_sources: Counter[str] = Counter()
         self.records: list[NodeRecord] = []
         self.boards: list[Any] = []
         self.sim_tasks: list[asyncio.Task[None]] = []
@@ -276,6 +277,7 @@ class Demo:
             self.upstream.append(f"{stamp} {rec.get('type')}: {json.dumps(rec)[:80]}")
             return
         self.upstream_count += 1
+        self.upstream_sources[str(rec.get("src", ""))] += 1
         body = rec.get("body", {})
         src, kind, lane = rec.get("src", ""), rec.get("kind", ""), rec.get("lane", "")
         text = _describe(kind, body)
@@ -357,6 +359,8 @@ class Demo:
         lines += [f"  {a}" for a in self.alarms] or ["  none"]
         lines.append("")
         lines.append(f"UPSTREAM ({self.upstream_count} events delivered by the broker)")
+        if self.upstream_sources:
+            lines.append("  by source: " + ", ".join(f"{k} {n}" for k, n in sorted(self.upstream_sources.items())))
         lines += [f"  {u}" for u in self.upstream] or ["  nothing yet"]
         if agent is not None and agent.ingest is not None:
             st = agent.ingest.stats
