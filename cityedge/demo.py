@@ -169,7 +169,7 @@ class Demo:
         """Emulated boards with the real firmware; [] (and a note) if they cannot run here."""
         try:
             from cityedge.firmware_files import install_into
-            from hil_tests.emulator.board import EmulatedBoard
+            from hil_tests.emulator.board import EmulatedBoard, default_devices, pin_map
         except ImportError as exc:
             self.notes.append(f"emulated boards are not installed ({exc}); running scripted nodes instead")
             return []
@@ -182,7 +182,12 @@ class Demo:
                 flash.mkdir()
                 install_into(flash, rec.role)
                 (flash / "node.json").write_text(json.dumps(rec.node_config()))  # provisioning, as flashing does
-                board = EmulatedBoard(flash, role=None)
+                devices = None
+                if rec.role == "medical":  # the reference board plus the MAX30102 pulse oximeter
+                    pins = pin_map()
+                    devices = [*default_devices(pins), {"kind": "max30102", "name": "max30102",
+                                                        "address": pins["ADDR_MAX30102"], "bus": pins["I2C_ID"]}]
+                board = EmulatedBoard(flash, role=None, devices=devices)
                 board.__enter__()
                 self.boards.append(board)
                 ports.append(board.link_port)
@@ -194,9 +199,6 @@ class Demo:
             self.notes.append(f"emulated boards could not start ({exc}); running scripted nodes instead")
             return []
         self.notes.append(f"{len(self.boards)} emulated boards run the real firmware on the MicroPython VM")
-        if self.with_medical:
-            self.notes.append("the emulator has no MAX30102 pulse-oximeter model yet: the medical board "
-                              "reports its sensor failure as a technical alarm")
         return ports
 
     def _start_scripted_nodes(self, root: Path) -> list[str]:
@@ -311,9 +313,14 @@ class Demo:
         if lights:
             steps.append((10, "lamp of sl-1 fails (open circuit)", hw_set(lights[0], "lamp", health="open")))
         if medic:
+            steps.append((1, "patient bed-1: pulse oximeter on, SpO2 97 %, pulse 75/min",
+                          hw_set(medic[0], "max30102", hr_bpm=75, spo2=97, probe_on=True)))
+            steps.append((12, "bed-1 desaturates: SpO2 falls to 78 %", hw_set(medic[0], "max30102", spo2=78)))
             steps.append((14, "patient's temperature rises to 39.8 °C", hw_set(medic[0], "max30205", celsius=39.8)))
+            steps.append((24, "bed-1 recovers: SpO2 97 %", hw_set(medic[0], "max30102", spo2=97)))
         if self.n_lights >= 2:
             steps.append((18, "ops center boosts sl-2 to 100 % for 60 s", None))
+        steps.sort(key=lambda step: step[0])
         t0 = time.monotonic()
         for at, what, action in steps:
             await asyncio.sleep(max(0.0, at - (time.monotonic() - t0)))

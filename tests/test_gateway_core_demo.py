@@ -22,4 +22,5 @@ def test_demo_runs_a_site_and_stops_by_itself() -> None:
     assert int(delivered.split("(")[1].split()[0]) > 0  # events went gateway -> broker -> operations center
     by_source = next(line for line in lines if line.startswith("  by source: "))
     assert "cam:main-street" in by_source  # the street camera's events (vision) reached the operations center
+    assert "node:201" in by_source  # the medical board's vitals too
     assert "Traceback" not in out.stderr
