@@ -73,7 +73,7 @@ async def test_example_broker_tls_passwords_and_acl(tmp_path: Path) -> None:
                     await rogue.publish("cityedge/s1/gw1/ev/alarm", b"forged", qos=1)
                     await rogue.publish("cityedge/s1/gw1/cmd/17/reboot", json.dumps({"id": "x"}), qos=1)
                     await rogue.publish("cityedge/s1/gw2/ev/alarm", b"own topic", qos=1)
-                await ops.publish("cityedge/s1/gw1/cmd/17/dim", json.dumps({"id": "c-1", "args": {"level": 20}}),
+                await ops.publish("cityedge/s1/gw1/cmd/17/boost", json.dumps({"id": "c-1", "args": {"level": 800}}),
                                   qos=1)
                 for _ in range(200):
                     if got_commands and any("/gw1/ev/telemetry" in t for t, _ in seen):
