@@ -40,15 +40,28 @@ function wrapInvokes(imports) {
 // Only a program that has run for a while is interrupted this way: a Ctrl-C queued behind a short command
 // is left to the REPL, and no KeyboardInterrupt stays pending for whatever Python runs next.
 let busySince = 0;
+let kbdScheduled = false;
 function busy(fn) {
   const outer = busySince;
   if (!outer) busySince = realDateNow();
-  try { return fn(); } finally { if (!outer) busySince = 0; }
+  try { return fn(); } finally {
+    if (!outer) {
+      busySince = 0;
+      if (kbdScheduled) {
+        kbdScheduled = false;
+        // firmware (or the port's asyncio) may swallow the KeyboardInterrupt: the Ctrl-C still ends the program
+        queueMicrotask(() => {
+          if (mode === 'app' || mode === 'running') endProgram('Traceback (most recent call last):\r\nKeyboardInterrupt: \r\n');
+        });
+      }
+    }
+  }
 }
 function pollCtrlC() {
   if (binaryStdout || !vmExports || mode === 'boot' || !busySince || realDateNow() - busySince < 50) return;
   if (!peekHasCtrlC()) return;
   consumeThroughCtrlC();
+  kbdScheduled = true;
   vmExports.mp_sched_keyboard_interrupt();
 }
 {
@@ -110,7 +123,7 @@ class Clock {
       this.timers.set(id, { due: this.t + ms, fn, args, seq: id });
       if (this.t + ms <= horizon[0]) scheduleRun();
     } else {
-      const h = realSetTimeout(() => { this.realTimers.delete(id); busy(() => fn(...args)); }, ms);
+      const h = realSetTimeout(() => { this.realTimers.delete(id); runTimer(fn, args); }, ms);
       this.realTimers.set(id, h);
     }
     return id;
@@ -158,7 +171,7 @@ async function runVirtual() {
       if (!next || next.due > limit) { clock.t = Math.max(clock.t, limit); break; }
       clock.timers.delete(next.id);
       clock.t = Math.max(clock.t, next.due);
-      try { busy(() => next.fn(...next.args)); } catch (e) { emitErr(`timer: ${e && e.stack || e}`); }
+      runTimer(next.fn, next.args);
       // promises settle between timers; host messages (UART bytes, control) get a turn every few ms
       if (++fired % 64 === 0 || realDateNow() - lastYield > 5) {
         await new Promise((r) => realSetImmediate(r));
@@ -555,7 +568,8 @@ function enterRaw() {
 function interruptApp() {
   // Ctrl-C while the app (or async raw-REPL code) runs: stop every task, as KeyboardInterrupt stops the loop.
   generation++;
-  try { mp.runPython('import _emu\n_emu.stop_tasks()'); } catch (e) { /* ignore */ }
+  // twice: a KeyboardInterrupt still pending in the VM is raised (and dropped) by the first attempt
+  for (let i = 0; i < 2; i++) { try { mp.runPython('import _emu\n_emu.stop_tasks()'); break; } catch (e) { /* retry */ } }
   return generation;
 }
 
@@ -567,26 +581,42 @@ function softReset(rawRepl) {
   realSetTimeout(() => { bootVM(rawRepl, true).catch(fatal); }, 0);
 }
 
+// A timer callback runs the app's asyncio loop. KeyboardInterrupt (Ctrl-C) or SystemExit escaping from it
+// ends the app as it ends asyncio.run() on a board; anything else is reported and the loop goes on.
+function runTimer(fn, args) {
+  try { busy(() => fn(...args)); } catch (e) {
+    const type = e && e.type;
+    if (type === 'KeyboardInterrupt' && (mode === 'app' || mode === 'running')) {
+      const text = String(e.message || '').replace(/\r?\n/g, '\r\n').replace(/(\r\n)?$/, '\r\n');
+      endProgram(text);
+    } else if (type === 'SystemExit' && (mode === 'app' || mode === 'running')) {
+      softReset(mode === 'running');
+    } else emitErr(`timer: ${e && e.stack || e}`);
+  }
+}
+
+// Ctrl-C ends the running program: every task stops, the traceback is printed, the REPL takes over.
+function endProgram(traceback) {
+  const wasRunning = mode === 'running';
+  interruptApp();
+  if (wasRunning) {
+    emit(`\x04${traceback}\x04>`);
+    mode = 'raw'; rawBuf = [];
+  } else {
+    emit(traceback);
+    mode = 'friendly';
+    mp.replInit();
+  }
+  queueMicrotask(drainInput);
+}
+
 function processChar(c) {
   switch (mode) {
     case 'boot':
       return false; // not consumed: wait for the REPL
     case 'app':
     case 'running':
-      if (c === 3) {
-        const wasRunning = mode === 'running';
-        interruptApp();
-        const gen = generation;
-        if (wasRunning) {
-          emit('\x04Traceback (most recent call last):\r\nKeyboardInterrupt: \r\n\x04>');
-          mode = 'raw'; rawBuf = [];
-        } else {
-          emit('Traceback (most recent call last):\r\n  File "main.py"\r\nKeyboardInterrupt: \r\n');
-          mode = 'friendly';
-          mp.replInit();
-        }
-        void gen;
-      }
+      if (c === 3) endProgram('Traceback (most recent call last):\r\nKeyboardInterrupt: \r\n');
       return true;
     case 'friendly': {
       if (c === 1) { emit('\r\n'); enterRaw(); return true; }
