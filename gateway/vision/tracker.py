@@ -65,7 +65,7 @@ class Tracker:
     below which an object counts as stopped.
     """
 
-    def __init__(self, *, min_iou: float = 0.2, max_dist: float = 1.5, min_hits: int = 2,
+    def __init__(self, *, min_iou: float = 0.2, max_dist: float = 1.0, min_hits: int = 2,
                  max_missed_s: float = 1.0, still_px_per_s: float = 8.0) -> None:
         self.min_iou = min_iou
         self.max_dist = max_dist
