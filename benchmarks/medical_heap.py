@@ -22,8 +22,8 @@ Figures:
   medical_heap_p50_kb / _p99_kb   the same per-second figure, median and 99th percentile (the peak is the second
                              the link flushes its backlog after the outage)
   medical_mpy_kb             .mpy size of the app package and its two drivers (mpy-cross)
-  wall_ms_per_simulated_s    host time per simulated second of the whole app (100 Hz PPG, alarms, link)
-  simulated_s                virtual seconds run (3600 in the full run, 600 with --quick)
+  medical_wall_ms_per_simulated_s  host time per simulated second of the whole app (100 Hz PPG, alarms, link)
+  medical_simulated_s        virtual seconds run (3600 in the full run, 600 with --quick)
 The last line of stdout is one JSON object. Target: medical_heap_peak_kb <= 64.
 """
 
@@ -226,11 +226,11 @@ def measure(quick: bool) -> dict[str, float]:
         "medical_heap_p50_kb": round(p50 / 1024, 1),
         "medical_heap_p99_kb": round(p99 / 1024, 1),
         "medical_mpy_kb": mpy_kb(),
-        "wall_ms_per_simulated_s": round(1000 * wall / seconds, 1),
-        "simulated_s": seconds,
-        "frames_delivered": frames,
-        "alarm_events": events,
-        "vitals_dropped": dropped,
+        "medical_wall_ms_per_simulated_s": round(1000 * wall / seconds, 1),
+        "medical_simulated_s": seconds,
+        "medical_frames_delivered": frames,
+        "medical_alarm_events": events,
+        "medical_vitals_dropped": dropped,
     }
 
 
