@@ -14,6 +14,7 @@ import readline from 'node:readline';
 import tty from 'node:tty';
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
+import { mulberry32 } from './rng.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const WORKER = path.join(here, 'board_worker.mjs');
@@ -34,16 +35,6 @@ const CAUSES = {
 
 function send(obj) { process.stdout.write(JSON.stringify(obj) + '\n'); }
 
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // A pty master we read with libuv and write without ever blocking this thread (a port nobody has open
 // drops what does not fit, like a UART with nobody listening).
