@@ -56,6 +56,9 @@ def test_lamp_power_follows_pwm_duty_and_health(board: Board, sensors: Any, repl
     assert [round(e[1], 2) for e in trace[-3:]] == [1.0, 0.5, 0.0]
     sensors.set("lamp", health="open")
     assert watts(65535) < 0.5
+    sensors.set("ina219", stuck=True)  # a frozen meter: the reading no longer follows the lamp
+    assert watts(65535) == pytest.approx(watts(0), abs=0.05)
+    sensors.set("ina219", stuck=False)
     sensors.set("lamp", health="short")
     assert repl.exec(read.format(duty=65535)).split()[0] != ""
     assert sensors.device("lamp")["current_a"] > 3
@@ -141,6 +144,14 @@ def test_link_uart_stream_both_ways_and_faults(board: Board, repl: Repl, link_fa
         noisy = link.read(200)
         counters = link_faults(ber=0)
         assert counters["corrupted"] > 0 and any(noisy)
+        counters = link_faults(drop=1.0)
+        repl.exec("u.write(b'gone')")
+        assert link.read(4) == b""
+        assert link_faults(drop=0)["dropped"] >= 4
+        link_faults(delay_ms=400)
+        sent = time.monotonic()
+        repl.exec("u.write(b'late')")
+        assert link.read(4) == b"late" and time.monotonic() - sent >= 0.35
     finally:
         link.close()
 
