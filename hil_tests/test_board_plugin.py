@@ -65,8 +65,10 @@ def test_failure_report_carries_serial_log_and_peripheral_state(tmp_path: Path) 
 
 
 def test_cli_board_start_prints_ports_and_stops_on_sigterm(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "cityedge", "board", "start", "--role", "bare", "--virtual-time"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cityedge", "board", "start", "--role", "bare", "--flash", str(tmp_path / "flash")],
+        [*cmd, "--flash", str(tmp_path / "flash")],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -83,6 +85,12 @@ def test_cli_board_start_prints_ports_and_stops_on_sigterm(tmp_path: Path) -> No
         )
         assert r.stdout.strip() == "1024", r.stderr
         assert (tmp_path / "flash" / "boot.py").exists()  # the role's image was installed
+        assert proc.stdin is not None
+        proc.stdin.write("set bh1750 lux=42.5\nadvance 60\nfly away\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["ok"]["lux"] == 42.5
+        assert json.loads(proc.stdout.readline())["ok"]["now_ms"] > 0
+        assert "unknown command" in json.loads(proc.stdout.readline())["error"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

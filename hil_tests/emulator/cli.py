@@ -7,7 +7,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,50 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _command(board: EmulatedBoard, line: str) -> Any:
+    """One control line from stdin: ``advance S``, ``set DEVICE key=value...``, ``state``, ``status``,
+    ``link key=value...``, ``power_cut``, ``reset``, ``brownout``, ``wdt``."""
+    word, *rest = line.split()
+    kv = {k: _value(v) for k, _, v in (r.partition("=") for r in rest[1:] if "=" in r)}
+    if word == "advance" and rest:
+        return {"now_ms": board.advance(float(rest[0])) * 1000}
+    if word == "set" and rest:
+        return board.hw.set(rest[0], **kv)
+    if word == "link":
+        return board.link_faults(**{k: _value(v) for k, _, v in (r.partition("=") for r in rest)})
+    actions = {
+        "state": board.hw.state,
+        "status": board.status,
+        "power_cut": board.power_cut,
+        "reset": board.hard_reset,
+        "brownout": board.brownout,
+        "wdt": board.watchdog_expire,
+    }
+    if word in actions:
+        return actions[word]()
+    raise BoardError(f"unknown command {line!r}", hint=_command.__doc__)
+
+
+def _commands(board: EmulatedBoard, stop: threading.Event) -> None:
+    """Answer control lines from stdin with one JSON line each (errors as {"error": ...}); EOF is ignored."""
+    for line in sys.stdin:
+        if stop.is_set():
+            return
+        if not line.strip():
+            continue
+        try:
+            print(json.dumps({"ok": _command(board, line.strip())}), flush=True)
+        except (BoardError, ValueError, TypeError) as exc:
+            print(json.dumps({"error": str(exc)}), flush=True)
+
+
 def _start(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -38,7 +81,7 @@ def _start(args: argparse.Namespace) -> int:
     try:
         board = EmulatedBoard(args.flash, role=role, virtual_time=args.virtual_time, name=args.name)
         with board:
-            board.wait_for_output(">>> " if role is None or role == "bare" else "\n", timeout=15)
+            mode = board.wait_booted(timeout=30)
             info = {
                 "repl": board.repl_port,
                 "link": board.link_port,
@@ -46,13 +89,15 @@ def _start(args: argparse.Namespace) -> int:
                 "role": args.role if role else None,
                 "flash": str(Path(args.flash).resolve()),
                 "virtual_time": args.virtual_time,
+                "mode": mode,
                 "pid": board.host.pid,
             }
             print(json.dumps(info), flush=True)
+            reader = threading.Thread(target=_commands, args=(board, stop), daemon=True)
+            reader.start()
             while not stop.wait(0.5):
                 if board.host.pid is None:
                     break
-            time.sleep(0)
     except BoardError as exc:
         raise CityedgeError(f"the emulated board did not start: {exc.message}", hint=exc.hint) from exc
     print("board stopped", file=sys.stderr)
