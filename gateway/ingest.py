@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cbor2
 from cewire import (
     E_PAYLOAD,
     E_REPLAY,
@@ -54,6 +55,8 @@ from gateway.links.base import Link
 from gateway.nodes import NodeTracker
 from gateway.outbox import Outbox
 from gateway.registry import Registry
+from gateway.uplink import codec
+from gateway.uplink.codec import PackedBody
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,41 @@ def telemetry_body(frame: Frame) -> dict[str, Any]:
                 rec[spec[0]] = v * spec[2]
         records.append(rec)
     return {"seq": frame.seq, "records": records}
+
+
+_K_SEQ, _K_RECORDS = codec.KEY_LABEL["seq"], codec.KEY_LABEL["records"]
+_EXACT = 2**53
+
+
+def packed_telemetry(frame: Frame, ts_ms: int) -> PackedBody:
+    """DATA body → the uplink's compact CBOR (``codec.pack_body(telemetry_body(frame), ts)``), directly.
+
+    The node's labels and scaled integers are what the compact form carries (docs/uplink.md), so they are
+    passed through unchanged instead of being turned into floats here and back into integers by the codec.
+    Falls back to the general path where the two would differ (no node time, huge values, scale > 0).
+    """
+    ts = frame.ts
+    body = frame.body
+    if not ts:  # the node does not know the time yet: stamped with the gateway's clock (``ts_ms``)
+        return PackedBody(codec.pack_body(telemetry_body(frame), ts_ms), ts_ms)
+    direct = _DIRECT
+    records = []
+    for raw in body if isinstance(body, list) else (body,):
+        if not isinstance(raw, dict):
+            raise WireError(E_PAYLOAD, "DATA record is not a map")
+        rec: dict[int, int] = {_L_T: 0}
+        for label, v in raw.items():
+            if type(v) is not int or type(label) is not int:
+                raise WireError(E_PAYLOAD, f"DATA field {label!r} must be an integer label with an integer value")
+            if label not in direct or not -_EXACT < v < _EXACT:
+                return PackedBody(codec.pack_body(telemetry_body(frame), ts_ms), ts_ms)
+            rec[label] = v
+        records.append(rec)
+    return PackedBody(cbor2.dumps({_K_SEQ: frame.seq, _K_RECORDS: records}), ts_ms)
+
+
+# labels whose wire value is exactly their compact uplink value: the protocol's fields with scale <= 0, and t
+_DIRECT = frozenset([_L_T, *(label for label, (_n, _u, scale) in payloads.FIELDS.items() if scale <= 0)])
 
 
 def event_body(frame: Frame) -> tuple[dict[str, Any], Priority]:
@@ -270,7 +308,7 @@ class Ingest:
         origin = f"{node_id}:{frame.channel}:{frame.seq}"
         if ftype == T_DATA:
             self.tracker.seen(node_id, name, link, now, wall=self._wall)
-            return Event(source, "telemetry", Priority.TELEMETRY, telemetry_body(frame), ts_ms, origin)
+            return Event(source, "telemetry", Priority.TELEMETRY, packed_telemetry(frame, ts_ms), ts_ms, origin)
         if ftype == T_EVENT:
             self.tracker.seen(node_id, name, link, now)
             body, prio = event_body(frame)
@@ -355,6 +393,16 @@ class Ingest:
         self._urgent = False
         if not batch:
             return
+        alarms = [p for p in batch if p.event.priority is Priority.ALARM]
+        if alarms and len(alarms) < len(batch):
+            # the alarms commit on their own, ahead of the telemetry that came with them (the outbox puts
+            # an alarm's commit first); each part is acknowledged as soon as it is durable
+            rest = [p for p in batch if p.event.priority is not Priority.ALARM]
+            await asyncio.gather(self._commit(alarms), self._commit(rest))
+        else:
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
         try:
             await self.outbox.put_many([p.event for p in batch])
         except Exception as exc:  # not durable: acknowledge nothing, nodes will resend

@@ -29,12 +29,17 @@ Bodies are stored in the uplink's compact CBOR form (:func:`gateway.uplink.codec
 holds 4-5 times more events than JSON would, and the CBOR uplink copies them into batches without
 re-encoding. Read back, an event's body is a lazily decoded mapping equal to the original.
 
-All SQLite work runs on one dedicated thread, so the event loop never blocks on fsync.
+All SQLite work runs on one dedicated thread, so the event loop never blocks on fsync. Events just
+committed are also kept in memory (up to ``MEM_EVENTS`` per priority), so the uplink normally reads them
+without touching the database or waiting behind the next commit: an alarm committed now is handed out at
+once. The database is read only after :meth:`rewind` (a reconnect), at start-up, or when the memory copy
+was cut short (a long outage, a quota drop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -58,6 +63,11 @@ ROW_OVERHEAD = 48  # bytes counted per row on top of body/source/origin (ids, in
 DEFAULT_QUOTA = 256 * 1024 * 1024
 DEFAULT_DEDUP_WINDOW = 200_000
 _CHUNK = 500  # ids per DELETE ... IN (...) statement (SQLite's variable limit is 32766 since 3.32)
+# rows per multi-row INSERT: one statement step (one GIL round trip for the writer thread) per chunk instead
+# of one per row; chunk sizes are powers of two so that few distinct statements are prepared and cached
+_ROW_CHUNKS = (256, 64, 16, 4, 1)
+MEM_EVENTS = 20_000  # committed events kept in memory per priority for the uplink (see the module doc)
+_INSERT_EVENTS = "INSERT INTO events (prio, source, seq, kind, ts_ms, origin, body, size) VALUES "
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -116,6 +126,29 @@ class _Job:
     puts: list[tuple[Event, bytes]] | None
     acks: list[int] | None
     future: asyncio.Future[Any]
+    urgent: bool = False  # holds an alarm: committed ahead of the jobs queued before it
+
+
+@dataclass
+class _Written:
+    """What one group commit did, for the event loop to apply to the in-memory copy."""
+
+    results: list[Any]
+    rows: list[tuple[StoredEvent, int]]  # new rows (with their counted size), in id order
+    dropped: bool  # the quota policy deleted rows (some may be in the memory copy)
+    last_id: int
+
+
+def _multi_rows(db: sqlite3.Connection, head: str, width: int, rows: Sequence[tuple[Any, ...]],
+                tail: str = "") -> None:
+    """``executemany`` as a few multi-row statements (see ``_ROW_CHUNKS``)."""
+    i, n = 0, len(rows)
+    for size in _ROW_CHUNKS:
+        marks = "(" + ",".join("?" * width) + ")"
+        sql = head + ",".join([marks] * size) + tail
+        while n - i >= size:
+            db.execute(sql, [v for row in rows[i : i + size] for v in row])
+            i += size
 
 
 class Outbox:
@@ -156,6 +189,12 @@ class Outbox:
         self._duplicates = 0
         self._lanes: dict[tuple[str, int], int] = {}
         self._cursor: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        # the memory copy: every committed row of a priority with id > _mem_from[prio] that is not leased yet
+        self._mem: dict[Priority, collections.deque[tuple[StoredEvent, int]]] = {
+            p: collections.deque() for p in Priority
+        }
+        self._mem_from: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._last_id = 0
         self._seen_since_prune = 0
         self.epoch = ""
         self.commits = 0
@@ -241,6 +280,9 @@ class Outbox:
         row = db.execute("SELECT value FROM meta WHERE key='duplicates'").fetchone()
         self._duplicates = int(row[0]) if row else 0
         self._lanes = {(s, p): q for s, p, q in db.execute("SELECT source, prio, last_seq FROM lanes")}
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+        self._last_id = max(int(row[0]) if row else 0, db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
+        self._mem_from = dict.fromkeys(Priority, self._last_id)  # what is on disk now is read from disk
         self._db = db
 
     def _connect(self) -> sqlite3.Connection:
@@ -273,7 +315,8 @@ class Outbox:
         # packed here, in the caller's context: a body that cannot be encoded fails this caller's put only,
         # not everybody's puts that would have shared the commit
         packed = [ev.body.packed if type(ev.body) is PackedBody else pack_body(ev.body, ev.ts_ms) for ev in batch]
-        return await self._submit(_Job(list(zip(batch, packed)), None, self._new_future()))
+        urgent = any(ev.priority is Priority.ALARM for ev in batch)
+        return await self._submit(_Job(list(zip(batch, packed)), None, self._new_future(), urgent))
 
     async def ack(self, ids: Iterable[int]) -> int:
         """Delete delivered events (call only after the broker's PUBACK). Returns how many rows went."""
@@ -292,6 +335,15 @@ class Outbox:
         self._wake.set()
         return await job.future
 
+    def _take_jobs(self) -> list[_Job]:
+        """The next group commit: alarms alone if any wait (a small, fast commit), else everything queued."""
+        jobs = self._jobs
+        if len(jobs) > 1 and any(j.urgent for j in jobs):
+            self._jobs = [j for j in jobs if not j.urgent]
+            return [j for j in jobs if j.urgent]
+        self._jobs = []
+        return jobs
+
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._executor is not None
@@ -299,10 +351,10 @@ class Outbox:
             await self._wake.wait()
             self._wake.clear()
             while self._jobs:
-                jobs, self._jobs = self._jobs, []
+                jobs = self._take_jobs()
                 self._busy = True
                 try:
-                    results = await loop.run_in_executor(self._executor, self._write_sync, jobs)
+                    written = await loop.run_in_executor(self._executor, self._write_sync, jobs)
                 except Exception as exc:  # disk full, I/O error: every waiting caller learns it
                     log.error("outbox write failed: %s", exc)
                     err = OutboxError(f"outbox {self.path}: write failed: {exc}", hint="check free disk space")
@@ -312,6 +364,8 @@ class Outbox:
                     continue
                 finally:
                     self._busy = False
+                self._remember(written)
+                results = written.results
                 for job, result in zip(jobs, results):
                     if not job.future.done():
                         job.future.set_result(result)
@@ -320,7 +374,21 @@ class Outbox:
                     if any(e.priority >= Priority.FAULT for job in jobs if job.puts for e, _ in job.puts):
                         self._urgent.set()
 
-    def _write_sync(self, jobs: Sequence[_Job]) -> list[Any]:
+    def _remember(self, written: _Written) -> None:
+        """Apply a commit to the memory copy (on the event loop, so readers see whole commits only)."""
+        mem, cursor = self._mem, self._cursor
+        for item in written.rows:
+            prio = item[0].event.priority
+            q = mem[prio]
+            q.append(item)
+            if len(q) > MEM_EVENTS:  # a long outage: the oldest are read from the database when their turn comes
+                self._mem_from[prio] = max(self._mem_from[prio], q.popleft()[0].id)
+        if written.dropped:  # the quota policy deleted rows that may be in the copy: read from disk again
+            for prio in Priority:
+                mem[prio].clear()
+                self._mem_from[prio] = max(self._mem_from[prio], written.last_id, cursor[prio])
+
+    def _write_sync(self, jobs: Sequence[_Job]) -> _Written:
         db = self._db
         assert db is not None
         results: list[Any] = []
@@ -329,6 +397,9 @@ class Outbox:
         nbytes = self._bytes
         dropped = dict(self._dropped)
         duplicates = self._duplicates
+        new_rows: list[tuple[StoredEvent, int]] = []
+        last_id = self._last_id
+        any_dropped = False
         db.execute("BEGIN IMMEDIATE")
         try:
             for job in jobs:
@@ -337,12 +408,15 @@ class Outbox:
                     for i in range(0, len(job.acks), _CHUNK):
                         chunk = job.acks[i : i + _CHUNK]
                         marks = ",".join("?" * len(chunk))
-                        for prio, size in db.execute(
-                            f"DELETE FROM events WHERE id IN ({marks}) RETURNING prio, size", chunk
+                        # one aggregate row per priority, then one DELETE: a few statement steps, not one per row
+                        for prio, count, size in db.execute(
+                            f"SELECT prio, count(*), sum(size) FROM events WHERE id IN ({marks}) GROUP BY prio",
+                            chunk,
                         ).fetchall():
-                            depth[Priority(prio)] -= 1
+                            depth[Priority(prio)] -= count
                             nbytes -= size
-                            gone += 1
+                            gone += count
+                        db.execute(f"DELETE FROM events WHERE id IN ({marks})", chunk)
                     results.append(gone)
                     continue
                 assert job.puts is not None
@@ -350,29 +424,31 @@ class Outbox:
                 duplicates += dups
                 rows = []
                 for ev, body in fresh:
-                    key = (ev.source, int(ev.priority))
+                    prio = ev.priority
+                    key = (ev.source, int(prio))
                     seq = lanes_touched.get(key, self._lanes.get(key, 0)) + 1
                     lanes_touched[key] = seq
                     size = len(body) + len(ev.source) + len(ev.origin or "") + ROW_OVERHEAD
-                    rows.append((int(ev.priority), ev.source, seq, ev.kind, ev.ts_ms, ev.origin, body, size))
-                    depth[ev.priority] += 1
+                    rows.append((int(prio), ev.source, seq, ev.kind, ev.ts_ms, ev.origin, body, size))
+                    depth[prio] += 1
                     nbytes += size
-                db.executemany(
-                    "INSERT INTO events (prio, source, seq, kind, ts_ms, origin, body, size) "
-                    "VALUES (?,?,?,?,?,?,?,?)",
-                    rows,
-                )
+                    # AUTOINCREMENT ids: the next after the largest ever used; only this thread writes
+                    last_id += 1
+                    kept = ev if type(ev.body) is PackedBody else Event(
+                        ev.source, ev.kind, prio, PackedBody(body, ev.ts_ms), ev.ts_ms, ev.origin)
+                    new_rows.append((StoredEvent(last_id, seq, kept), size))
+                _multi_rows(db, _INSERT_EVENTS, 8, rows)
+                if rows and db.execute("SELECT last_insert_rowid()").fetchone()[0] != last_id:
+                    raise sqlite3.DatabaseError("outbox row ids are not consecutive")  # cannot happen; be sure
                 drop = 0
                 if nbytes > self.quota_bytes:
                     drop, freed = self._enforce_quota(db, nbytes - self.quota_bytes, depth, dropped)
                     nbytes -= freed
+                    any_dropped = any_dropped or drop > 0
                 results.append(PutResult(len(rows), dups, drop))
             if lanes_touched:
-                db.executemany(
-                    "INSERT INTO lanes VALUES (?,?,?) "
-                    "ON CONFLICT(source, prio) DO UPDATE SET last_seq=excluded.last_seq",
-                    [(s, p, q) for (s, p), q in lanes_touched.items()],
-                )
+                _multi_rows(db, "INSERT INTO lanes VALUES ", 3, [(s, p, q) for (s, p), q in lanes_touched.items()],
+                            " ON CONFLICT(source, prio) DO UPDATE SET last_seq=excluded.last_seq")
             if dropped != self._dropped:
                 db.executemany(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -387,8 +463,9 @@ class Outbox:
         # only now, with the commit done, does the in-memory picture change
         self._lanes.update(lanes_touched)
         self._depth, self._bytes, self._dropped, self._duplicates = depth, nbytes, dropped, duplicates
+        self._last_id = last_id
         self.commits += 1
-        return results
+        return _Written(results, new_rows, any_dropped, last_id)
 
     def _dedup(
         self, db: sqlite3.Connection, events: list[tuple[Event, bytes]]
@@ -412,7 +489,7 @@ class Outbox:
                 new_origins.append((origin,))
             fresh.append(item)
         if new_origins:
-            db.executemany("INSERT INTO seen (origin) VALUES (?)", new_origins)
+            _multi_rows(db, "INSERT INTO seen (origin) VALUES ", 1, new_origins)
             self._seen_since_prune += len(new_origins)
             if self._seen_since_prune >= 4096:  # prune now and then, not on every put
                 self._seen_since_prune = 0
@@ -470,6 +547,10 @@ class Outbox:
         self._urgent.clear()
         return was
 
+    def note_urgent(self) -> None:
+        """Raise the urgent flag again (for a waiter that consumed it without reading)."""
+        self._urgent.set()
+
     def _unread_possible(self) -> bool:
         return self._data.is_set() and self.total > 0
 
@@ -482,38 +563,72 @@ class Outbox:
         if self._executor is None:
             raise OutboxError(f"the outbox {self.path} is not open")
         loop = asyncio.get_running_loop()
-        batch = await loop.run_in_executor(self._executor, self._read_sync, max_events, max_bytes)
-        if not batch:
-            self._data.clear()
-        return batch
+        for prio in sorted(Priority, reverse=True):
+            while self._cursor[prio] < self._mem_from[prio]:  # older rows than the memory copy: from disk
+                cursor = self._cursor[prio]
+                rows, complete = await loop.run_in_executor(
+                    self._executor, self._read_sync, prio, cursor, max_events, max_bytes
+                )
+                if self._cursor[prio] != cursor:  # rewound (or read by another caller) meanwhile: look again
+                    continue
+                if rows:
+                    self._cursor[prio] = rows[-1].id
+                if complete:  # nothing more on disk up to the copy's start: continue from memory
+                    self._cursor[prio] = max(self._cursor[prio], self._mem_from[prio])
+                if rows:
+                    return rows
+            batch = self._take_mem(prio, max_events, max_bytes)
+            if batch:
+                return batch
+        self._data.clear()
+        return []
 
-    def _read_sync(self, max_events: int, max_bytes: int) -> list[StoredEvent]:
+    def _take_mem(self, prio: Priority, max_events: int, max_bytes: int) -> list[StoredEvent]:
+        q = self._mem[prio]
+        cursor = self._cursor[prio]
+        while q and q[0][0].id <= cursor:  # read from disk already (after a rewind)
+            q.popleft()
+        out: list[StoredEvent] = []
+        total = 0
+        while q and len(out) < max_events:
+            stored, size = q[0]
+            if out and total + size > max_bytes:
+                break
+            total += size
+            out.append(stored)
+            q.popleft()
+        if out:
+            self._cursor[prio] = out[-1].id
+        return out
+
+    def _read_sync(
+        self, prio: Priority, after: int, max_events: int, max_bytes: int
+    ) -> tuple[list[StoredEvent], bool]:
+        """Rows of ``prio`` after id ``after``; and whether that was all of them (nothing cut by a limit)."""
         db = self._db
         assert db is not None
-        for prio in sorted(Priority, reverse=True):
-            if self._depth[prio] <= 0:
-                continue
-            out: list[StoredEvent] = []
-            total = 0
-            last = self._cursor[prio]
-            for rid, source, seq, kind, ts_ms, origin, body, size in db.execute(
-                "SELECT id, source, seq, kind, ts_ms, origin, body, size FROM events "
-                "WHERE prio=? AND id>? ORDER BY id LIMIT ?",
-                (int(prio), last, max_events),
-            ):
-                if out and total + size > max_bytes:
-                    break
-                total += size
-                ev = Event(source, kind, prio, PackedBody(body, ts_ms), ts_ms, origin)
-                out.append(StoredEvent(rid, seq, ev))
-            if out:
-                self._cursor[prio] = out[-1].id
-                return out
-        return []
+        out: list[StoredEvent] = []
+        total = 0
+        fetched = 0
+        for rid, source, seq, kind, ts_ms, origin, body, size in db.execute(
+            "SELECT id, source, seq, kind, ts_ms, origin, body, size FROM events "
+            "WHERE prio=? AND id>? ORDER BY id LIMIT ?",
+            (int(prio), after, max_events),
+        ):
+            fetched += 1
+            if out and total + size > max_bytes:
+                return out, False
+            total += size
+            ev = Event(source, kind, prio, PackedBody(body, ts_ms), ts_ms, origin)
+            out.append(StoredEvent(rid, seq, ev))
+        return out, fetched < max_events
 
     def rewind(self) -> None:
         """Forget the leases: every unacknowledged row will be handed out again (after a reconnect)."""
         self._cursor = dict.fromkeys(Priority, 0)
+        for prio in Priority:  # leased rows left the memory copy: all from disk up to the copy's start
+            q = self._mem[prio]
+            self._mem_from[prio] = max(self._mem_from[prio], q[0][0].id - 1 if q else self._last_id)
         if self.total:
             self._data.set()
 

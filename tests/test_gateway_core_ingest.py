@@ -176,3 +176,28 @@ async def test_replay_windows_survive_a_restart(site: Site, tmp_path: Path) -> N
     fresh.frame(site.link, cobs_decode(old))  # an attacker replays a recorded (authentic) frame
     assert fresh.stats.duplicates == 1 and not fresh._pending
     assert fresh.load_windows(tmp_path / "absent.json") == 0
+
+
+def test_telemetry_passes_scaled_integers_through_to_the_compact_body() -> None:
+    """The fast DATA path gives byte for byte what the general path (floats, then the codec) gives."""
+    from cewire import DIR_UP, Key, decode_frame
+
+    from gateway.ingest import packed_telemetry, telemetry_body
+    from gateway.uplink import codec
+
+    key = os.urandom(32)
+    node = SimNode(7, key, 1)
+    cases: list[tuple[object, int | None]] = [
+        ({payloads.L_LEVEL: 500, payloads.L_POWER: 423, payloads.L_VOLTAGE: 2301, payloads.L_ENERGY: 123456}, None),
+        ({payloads.L_LEVEL: -3, payloads.L_T: -30}, None),  # a record stamped 30 s before the frame
+        ({payloads.L_LEVEL: 1, 200: 5}, None),  # an app's own label (general path: "l200")
+        ({payloads.L_POWER: 2**60}, None),  # beyond a float's exact range (general path)
+        ({payloads.L_POWER: 423}, 0),  # a node that does not know the time yet (gateway clock)
+    ]
+    for values, ts in cases:
+        wire = node.data(values, ts=ts)  # type: ignore[arg-type]
+        frame = decode_frame(cobs_decode(wire[:-1]), Key(key, 1), DIR_UP)
+        ts_ms = frame.ts * 1000 if frame.ts else 1_700_000_000_123
+        fast = packed_telemetry(frame, ts_ms)
+        assert fast.packed == codec.pack_body(telemetry_body(frame), ts_ms), values
+        assert dict(fast) == telemetry_body(frame)  # what the operations center decodes: 423 -> 42.3 W

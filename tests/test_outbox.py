@@ -177,3 +177,67 @@ async def test_a_bad_body_fails_its_own_put_only(tmp_path: Path) -> None:
         results = await asyncio.gather(ob.put(bad), good, return_exceptions=True)
         assert isinstance(results[0], ValueError)
         assert results[1].stored == 1 and ob.total == 1  # type: ignore[union-attr]
+
+
+async def test_memory_copy_matches_the_disk_through_rewinds_overflow_and_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events handed out from the in-memory copy are exactly the rows on disk, in order, whatever happened."""
+    import gateway.outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "MEM_EVENTS", 5)  # the copy overflows: the oldest come from disk
+    path = tmp_path / "ob.db"
+    async with Outbox(path) as ob:
+        await ob.put_many([ev("node:1", Priority.TELEMETRY, i) for i in range(12)])
+        first = await ob.next_batch(4)
+        assert [s.event.body["n"] for s in first] == [0, 1, 2, 3]  # from disk: the copy holds 7..11 only
+        ob.rewind()  # a reconnect: everything unacknowledged again, in order, without repeats
+        assert [n for b in await drain(ob, ack=False) for _, n, _, _ in b] == list(range(12))
+        ob.rewind()
+        seen = []
+        while batch := await ob.next_batch(3):
+            seen += [(s.event.body["n"], s.seq) for s in batch]
+            await ob.ack(s.id for s in batch)
+        assert seen == [(i, i + 1) for i in range(12)]
+        assert ob.total == 0
+        # rows committed now are handed out without a database read
+        await ob.put_many([ev("node:1", Priority.TELEMETRY, 100 + i) for i in range(3)])
+        reads = 0
+        real = ob._read_sync
+
+        def counting(*a: object) -> object:
+            nonlocal reads
+            reads += 1
+            return real(*a)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(ob, "_read_sync", counting)
+        assert [s.event.body["n"] for s in await ob.next_batch(10)] == [100, 101, 102]
+        assert reads == 0
+    # the quota drops rows that are in the copy: they are not handed out
+    async with Outbox(tmp_path / "q.db", quota_bytes=2000) as ob:
+        await ob.put_many([ev("node:1", Priority.TELEMETRY, i, pad=100) for i in range(30)])
+        await ob.put(ev("node:9", Priority.ALARM, 999, pad=100))
+        out = [(s.priority, s.event.body["n"]) for b in [await ob.next_batch(100) for _ in range(3)] for s in b]
+        assert out[0] == (Priority.ALARM, 999)
+        kept = sorted(n for p, n in out if p is Priority.TELEMETRY)
+        assert kept and kept[0] > 0 and kept == list(range(kept[0], 30))  # the oldest went, the rest in order
+        assert len(out) == ob.total
+
+
+async def test_an_alarm_is_committed_ahead_of_queued_telemetry(tmp_path: Path) -> None:
+    import asyncio
+
+    async with Outbox(tmp_path / "ob.db") as ob:
+        order: list[str] = []
+
+        async def put(name: str, events: list[Event]) -> None:
+            await ob.put_many(events)
+            order.append(name)
+
+        # all three are queued while nothing is committing; the alarm goes first, alone
+        tasks = [asyncio.create_task(put("telemetry", [ev("node:1", Priority.TELEMETRY, i) for i in range(200)])),
+                 asyncio.create_task(put("more", [ev("node:2", Priority.TELEMETRY, i) for i in range(200)])),
+                 asyncio.create_task(put("alarm", [ev("node:3", Priority.ALARM, 1)]))]
+        await asyncio.gather(*tasks)
+        assert order[0] == "alarm"
+        assert (await ob.next_batch(10))[0].priority is Priority.ALARM

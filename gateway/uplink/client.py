@@ -45,6 +45,8 @@ from gateway.uplink.topics import Topics
 
 log = logging.getLogger(__name__)
 
+URGENT_INFLIGHT = 4  # batches of alarms/faults in flight beyond ``max_inflight`` (which telemetry may fill)
+
 CommandHandler = Callable[[CommandRequest], Awaitable[Any] | None]
 NodesProvider = Callable[[], Iterable[Mapping[str, Any]]]
 
@@ -411,12 +413,13 @@ class Uplink:
     async def _send(self, client: aiomqtt.Client, bd_seq: int, receiver: asyncio.Task[None]) -> None:
         s = self.settings
         slots = asyncio.Semaphore(s.max_inflight)
+        # alarms and faults have slots of their own: they never wait for telemetry's PUBACKs
+        urgent_slots = asyncio.Semaphore(URGENT_INFLIGHT)
         inflight: set[asyncio.Task[None]] = set()
         failure: list[BaseException] = []
 
         def done(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
-            slots.release()
             if not task.cancelled() and task.exception() is not None:
                 failure.append(task.exception())  # type: ignore[arg-type]
 
@@ -440,6 +443,8 @@ class Uplink:
                     await self._publish_birth(client, bd_seq)
                 if not await self._wait_for_work(receiver):
                     continue
+                if slots.locked():  # every telemetry slot waits for a PUBACK: wait for one or for an alarm
+                    await self._slot_or_urgent(slots)
                 batch = await self.outbox.next_batch(s.batch_max, s.batch_bytes)
                 if not batch:
                     continue
@@ -450,8 +455,9 @@ class Uplink:
                     if more and more[0].priority == batch[0].priority:
                         batch.extend(more)
                     elif more:  # something more urgent: it goes first
-                        await self._launch(client, more, slots, inflight, done)
-                await self._launch(client, batch, slots, inflight, done)
+                        await self._launch(client, more, urgent_slots, inflight, done)
+                urgent = batch[0].priority >= Priority.FAULT
+                await self._launch(client, batch, urgent_slots if urgent else slots, inflight, done)
         finally:
             for task in list(inflight):
                 task.cancel()
@@ -467,6 +473,20 @@ class Uplink:
                 f.cancel()
         return waiter.done() and not waiter.cancelled() and bool(waiter.result())
 
+    async def _slot_or_urgent(self, slots: asyncio.Semaphore) -> None:
+        acquire = asyncio.ensure_future(slots.acquire())
+        urgent = asyncio.ensure_future(self.outbox.wait_urgent(self.settings.publish_timeout_s))
+        try:
+            await asyncio.wait({acquire, urgent}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            urgent.cancel()
+            if acquire.done() and not acquire.cancelled():
+                slots.release()  # a slot is free: _launch takes it
+            else:
+                acquire.cancel()
+            if urgent.done() and not urgent.cancelled() and urgent.result():
+                self.outbox.note_urgent()  # consumed here; the short-batch wait must still see it
+
     async def _launch(
         self,
         client: aiomqtt.Client,
@@ -480,6 +500,7 @@ class Uplink:
         # await, so batches reach the broker in the order they were read: in order per lane.
         task = asyncio.create_task(self._publish_batch(client, batch))
         inflight.add(task)
+        task.add_done_callback(lambda _t: slots.release())
         task.add_done_callback(done)
         await asyncio.sleep(0)
 
