@@ -83,7 +83,8 @@ class Agent:
         try:
             self.registry.load()  # a gateway without its registry must not start: ConfigError to the operator
             cfg.state_dir.mkdir(parents=True, exist_ok=True)
-            async with Outbox(cfg.outbox.path, quota_bytes=int(cfg.outbox.quota_mb * 1024 * 1024)) as outbox:
+            async with Outbox(cfg.outbox.path, quota_bytes=int(cfg.outbox.quota_mb * 1024 * 1024),
+                              synchronous=cfg.outbox.synchronous) as outbox:
                 self.outbox = outbox
                 await self._start(outbox)
                 async with self._health():
@@ -244,8 +245,8 @@ class Agent:
                 log.error("could not save replay windows: %s", exc)
 
     async def _housekeeping(self, hb: Heartbeat) -> None:
-        """Offline detection, periodic TIME, replay windows saved every 5 s — every second."""
-        sync_s = self.config.nodes.time_sync_s
+        """Offline detection, periodic TIME and keepalives, replay windows saved every 5 s — every second."""
+        nodes_cfg = self.config.nodes
         saved_at = -1
         tick = 0
         while True:
@@ -255,11 +256,8 @@ class Agent:
                 saved_at = self.ingest.stats.accepted
                 self._save_windows()
             self.tracker.sweep()
-            now = time.monotonic()
             if self.downlink is not None:
-                for st in self.tracker:
-                    if st.online and (st.last_time_sync is None or now - st.last_time_sync >= sync_s):
-                        self.downlink.send_time(st.node_id)
+                self.downlink.keepalive(time.monotonic(), nodes_cfg.keepalive_s, nodes_cfg.time_sync_s)
             await asyncio.sleep(1.0)
 
     def _reload_registry(self) -> None:

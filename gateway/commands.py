@@ -7,8 +7,9 @@ The flow is::
     uplink ◄──CommandResult (final status) ──┘
 
 :class:`CommandRouter` owns the bookkeeping: it checks the command against the node's role, gives each
-command a per-node token the node echoes in its CMD_ACK, resends the CMD frame while no ack has come (the
-node drops repeats of a token it has already executed), and ends every request with exactly one final
+command a per-node token the node echoes in its CMD_ACK, resends the command while no ack has come — each
+attempt a newly signed CMD frame with a fresh seq, same token and content (``Downlink.send_command``,
+docs/protocol.md §7.5); the node runs a token once — and ends every request with exactly one final
 :class:`CommandResult` — ``ok``, ``rejected``, ``failed``, ``timeout``, ``unknown_node`` or ``invalid``.
 A request whose ``command_id`` was already seen returns the earlier result (the uplink is at-least-once).
 

@@ -51,6 +51,7 @@ class NodesConfig:
     manifest: Path | None = None  # the provisioning manifest written by `cityedge flash`
     offline_after_s: float = 2400.0  # silence after which a node counts as offline (2+ missed 15-min reports)
     time_sync_s: float = 3600.0  # TIME frame to each online node this often (and after HELLO)
+    keepalive_s: float = 30.0  # a TIME to each online node the gateway has sent nothing for this long
     watch_manifest: bool = True  # reload the manifest when the file changes (SIGHUP always reloads)
 
 
@@ -77,6 +78,8 @@ class UplinkConfig:
     batch_max: int = 500
     batch_ms: float = 20.0
     keepalive_s: int = 30
+    site: str | None = None  # topic level; None: the site most nodes in the manifest belong to
+    allowed_commands: tuple[str, ...] | None = None  # node commands taken from upstream; None: all of COMMANDS
 
     @property
     def host(self) -> str | None:
@@ -239,6 +242,33 @@ class _Section:
             raise self.error(unknown[0], "unknown key", hint=f"known keys: {', '.join(sorted(self.used))}")
 
 
+def _site(section: _Section) -> str | None:
+    from gateway.uplink.topics import check_segment
+
+    site = section.string("site")
+    if site is not None:
+        try:
+            check_segment("site", site)
+        except ValueError as exc:
+            raise section.error("site", str(exc), hint="the site is one MQTT topic level") from exc
+    return site
+
+
+def _allowed_commands(section: _Section) -> tuple[str, ...] | None:
+    from gateway.commands import COMMANDS
+
+    value = section.raw("allowed_commands")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise section.error("allowed_commands", f"must be a list of command names, got {value!r}")
+    unknown = [v for v in value if v not in COMMANDS]
+    if unknown:
+        raise section.error("allowed_commands", f"unknown command {unknown[0]!r}",
+                            hint=f"known commands: {', '.join(COMMANDS)}")
+    return tuple(dict.fromkeys(value))
+
+
 def _parse_host_port(section: _Section, name: str, value: str | None) -> None:
     if value is None:
         return
@@ -327,6 +357,8 @@ def parse_config(file: Path, data: Mapping[str, Any]) -> GatewayConfig:
         manifest=nd.path("manifest"),
         offline_after_s=nd.number("offline_after_s", 2400.0, low=1, high=7 * 86400),
         time_sync_s=nd.number("time_sync_s", 3600.0, low=1, high=7 * 86400),
+        # nodes declare the gateway lost after 90 s without a frame from it (firmware node.link lost_ms)
+        keepalive_s=nd.number("keepalive_s", 30.0, low=1, high=80),
         watch_manifest=nd.boolean("watch_manifest", True),
     )
     nd.finish()
@@ -364,6 +396,8 @@ def parse_config(file: Path, data: Mapping[str, Any]) -> GatewayConfig:
         batch_max=up.integer("batch_max", 500, low=1, high=100_000),
         batch_ms=up.number("batch_ms", 20.0, low=0, high=60_000),
         keepalive_s=up.integer("keepalive_s", 30, low=5, high=3600),
+        site=_site(up),
+        allowed_commands=_allowed_commands(up),
     )
     if (uplink.cert_file is None) != (uplink.key_file is None):
         raise up.error("key_file" if uplink.key_file is None else "cert_file", "cert_file and key_file go together")

@@ -117,11 +117,14 @@ class Downlink:
             self.dropped += 1
             return None
 
-    def _send(self, link: Link | None, data: bytes, what: str) -> bool:
+    def _send(self, link: Link | None, data: bytes, what: str, node_id: int) -> bool:
         if link is None or not link.send(data):
             self.dropped += 1
             return False
         self.sent[what] += 1
+        st = self.tracker.get(node_id)
+        if st is not None:
+            st.last_sent = time.monotonic()
         return True
 
     def send_ack(self, node_id: int, cums: dict[int, int], link: Link | None = None) -> bool:
@@ -130,7 +133,7 @@ class Downlink:
             st = self.tracker.get(node_id)
             link = st.link if st else None
         data = self._safe_encode(T_ACK, node_id, payloads.ack(cums))
-        return data is not None and self._send(link, data, "ack")
+        return data is not None and self._send(link, data, "ack", node_id)
 
     def send_time(self, node_id: int, link: Link | None = None) -> bool:
         """Send the gateway's UTC clock to the node."""
@@ -140,7 +143,7 @@ class Downlink:
         now = time.time()
         payload = payloads.time_sync(int(now), int(now * 1000) % 1000, self.tz_min)
         data = self._safe_encode(T_TIME, node_id, payload)
-        ok = data is not None and self._send(link, data, "time")
+        ok = data is not None and self._send(link, data, "time", node_id)
         st = self.tracker.get(node_id)
         if ok and st is not None:
             st.last_time_sync = time.monotonic()
@@ -166,6 +169,25 @@ class Downlink:
         if not st.link.send(data):
             raise LookupError(f"link {st.link.name} to node {request.node_id} is down")
         self.sent["cmd"] += 1
+        st.last_sent = time.monotonic()
+
+    def keepalive(self, now: float, keepalive_s: float, time_sync_s: float) -> int:
+        """TIME to every online node the gateway has not sent anything for ``keepalive_s`` (or whose clock
+        was last set ``time_sync_s`` ago); returns how many were sent.
+
+        A node declares its gateway lost after 90 s without a valid gateway frame (``node.link``,
+        ``lost_ms``); a healthy node that reports every 15 minutes gets no ACKs in between, so the gateway
+        speaks first. Call it about once a second (the agent's housekeeping does).
+        """
+        sent = 0
+        for st in self.tracker:
+            if not st.online:
+                continue
+            quiet = st.last_sent is None or now - st.last_sent >= keepalive_s
+            stale = st.last_time_sync is None or now - st.last_time_sync >= time_sync_s
+            if (quiet or stale) and self.send_time(st.node_id):
+                sent += 1
+        return sent
 
     def command_done(self, node_id: int, token: int) -> None:
         self._cmd_frames.pop((node_id, token), None)

@@ -228,6 +228,7 @@ class Ingest:
         self.max_pending = max_pending
         self.heartbeat = heartbeat
         self.receiver = Receiver(registry.keyring)
+        self._keys = {rec.node_id: (rec.key_id, rec.key) for rec in registry}
         registry.add_listener(self._registry_changed)
         self.stats = IngestStats()
         self._decoders: dict[str, tuple[int, StreamDecoder]] = {}
@@ -239,7 +240,19 @@ class Ingest:
         self._wake = asyncio.Event()
 
     def _registry_changed(self, registry: Registry) -> None:
-        self.receiver.keyring = registry.keyring  # windows are kept: sequence numbers continue
+        self.receiver.keyring = registry.keyring  # windows are kept: sequence numbers continue ...
+        keys = {rec.node_id: (rec.key_id, rec.key) for rec in registry}
+        for node_id, key in keys.items():
+            old = self._keys.get(node_id)
+            if old is not None and old != key:
+                # ... except for a re-provisioned node: its flash was wiped and it counts from 1 again.
+                # Frames under its old key no longer verify, so forgetting its windows admits no replay.
+                self.receiver.forget(node_id)
+                log.info("node %d re-provisioned (key id %d -> %d): its sequence numbers start again",
+                         node_id, old[0], key[0])
+        for node_id in set(self._keys) - set(keys):
+            self.receiver.forget(node_id)  # removed: if it comes back, it comes back provisioned afresh
+        self._keys = keys
         self.tracker.forget({rec.node_id for rec in registry})
 
     # ------------------------------------------------------------------ frames in (synchronous, hot path)

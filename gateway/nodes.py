@@ -28,6 +28,7 @@ class NodeState:
     frames: int = 0
     hellos: int = 0
     last_time_sync: float | None = None  # monotonic time of the last TIME frame sent
+    last_sent: float | None = None  # monotonic time of the last frame of any type sent to the node
 
     def age(self, now: float | None = None) -> float | None:
         if self.last_seen is None:

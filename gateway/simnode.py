@@ -2,7 +2,8 @@
 
 It is not the firmware (that runs on MicroPython in the emulated boards); it is the smallest honest peer for
 driving the gateway from Python: it numbers and signs frames per channel like a node, keeps what was not yet
-acknowledged, understands ACK/TIME/CMD from the gateway and answers CMD with CMD_ACK.
+acknowledged, understands ACK/TIME/CMD from the gateway and answers CMD with CMD_ACK, running each command id
+once (a retransmitted CMD gets its CMD_ACK again, as on the firmware).
 
     node = SimNode(1001, key, key_id=1)
     wire = node.data({payloads.L_LEVEL: 500}) + node.event(codes.SPO2_LOW, prio=PRIO_HIGH)
@@ -13,6 +14,7 @@ acknowledged, understands ACK/TIME/CMD from the gateway and answers CMD with CMD
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +61,9 @@ class SimNode:
         self.replies = bytearray()  # CMD_ACK frames waiting to be written to the gateway
         self.refused: list[str] = []  # gateway frames this node refused (by WireError name)
         self.handler: CommandHandler = lambda op, args: (payloads.CS_OK, "")
+        # command id -> (channel, seq) of its CMD_ACK: like the firmware, a command id runs once (§7.5)
+        self.recent_commands: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self.cmd_dups = 0
 
     def _frame(self, ftype: int, payload: bytes, prio: int = 0, ts: int | None = None) -> bytes:
         ch = channel_of(ftype)
@@ -122,6 +127,17 @@ class SimNode:
             self.times.append(payloads.parse_time(frame.body)[0])
         elif frame.ftype == T_CMD:
             cmd_id, op, args, _exp = payloads.parse_cmd(frame.body)
+            done = self.recent_commands.get(cmd_id)
+            if done is not None:  # a retransmission (its CMD_ACK was lost or is late): not run again
+                self.cmd_dups += 1
+                ch, seq = done
+                if seq in self.unacked[ch]:
+                    self.replies += self._wire(ch, seq)  # the same CMD_ACK again, at once
+                return
             self.commands.append((cmd_id, op, args))
             status, text = self.handler(op, args)
+            ch = channel_of(T_CMD_ACK)
+            self.recent_commands[cmd_id] = (ch, self.next_seq[ch])
+            if len(self.recent_commands) > 16:  # the firmware remembers the last 16 ids
+                self.recent_commands.popitem(last=False)
             self.replies += self._frame(T_CMD_ACK, payloads.cmd_ack(cmd_id, status, text))

@@ -46,6 +46,10 @@ BASE = '[gateway]\nid = "gw1"\nstate_dir = "state"\n'
         (BASE + "[nodes]\nofline_after_s = 5\n", "nodes.ofline_after_s", "unknown key"),
         (BASE + '[health]\nlisten = "nope"\n', "health.listen", "host:port"),
         (BASE + '[local_mqtt]\nup_topic = "a/b"\n', "local_mqtt.up_topic", "'+'"),
+        (BASE + '[uplink]\nsite = "harbour/north"\n', "uplink.site", "must be 1-64 characters"),
+        (BASE + '[uplink]\nallowed_commands = ["ping", "dim"]\n', "uplink.allowed_commands", "unknown command 'dim'"),
+        (BASE + '[uplink]\nallowed_commands = "ping"\n', "uplink.allowed_commands", "must be a list"),
+        (BASE + "[nodes]\nkeepalive_s = 120\n", "nodes.keepalive_s", "between"),
     ],
 )
 def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, key: str, problem: str) -> None:
@@ -73,3 +77,38 @@ def test_secret_from_file_is_read_and_redacted(tmp_path: Path) -> None:
     assert cfg.health.listen == "127.0.0.1:9108"
     cfg2 = load_config(write(tmp_path, BASE + "[health]\nlisten = false\n"))
     assert cfg2.health.host_port is None
+
+
+def test_uplink_site_and_allowed_commands_reach_the_uplink(tmp_path: Path) -> None:
+    from gateway.uplink.client import UplinkSettings
+
+    cfg = load_config(write(tmp_path, BASE + '[uplink]\nurl = "mqtt://127.0.0.1"\nsite = "harbour"\n'
+                                      'allowed_commands = ["ping", "boost"]\n'))
+    settings = UplinkSettings.from_gateway_config(cfg)
+    assert settings.site == "harbour" and settings.allowed_commands == frozenset({"ping", "boost"})
+    default = UplinkSettings.from_gateway_config(load_config(write(tmp_path, BASE)) , url="mqtt://h")
+    assert default.site == "default" and "reboot" in default.allowed_commands
+    example = load_config(EXAMPLE)
+    assert example.nodes.keepalive_s == 30 and example.outbox.synchronous == "full"
+
+
+async def test_the_agent_opens_the_outbox_with_the_configured_synchronous_policy(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.agent import Agent
+
+    (tmp_path / "nodes.json").write_text('{"format": 1, "nodes": {}}')
+    (tmp_path / "nodes.json").chmod(0o600)
+    cfg = load_config(write(tmp_path, BASE + '[nodes]\nmanifest = "nodes.json"\n[health]\nlisten = false\n'
+                                      '[outbox]\nsynchronous = "normal"\n'))
+    agent = Agent(cfg, install_signals=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await asyncio.wait_for(agent.ready.wait(), 10)
+        assert agent.outbox is not None and agent.outbox.synchronous == "normal"
+        assert agent.outbox._db is not None
+        assert agent.outbox._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL (FULL is 2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

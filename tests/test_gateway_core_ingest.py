@@ -201,3 +201,59 @@ def test_telemetry_passes_scaled_integers_through_to_the_compact_body() -> None:
         fast = packed_telemetry(frame, ts_ms)
         assert fast.packed == codec.pack_body(telemetry_body(frame), ts_ms), values
         assert dict(fast) == telemetry_body(frame)  # what the operations center decodes: 423 -> 42.3 W
+
+
+async def test_a_retried_command_is_resigned_and_runs_once_on_the_node(site: Site) -> None:
+    """§7.5: each attempt is a new frame (fresh seq, same id and content); the node runs the id once."""
+    light = site.light
+    await site.talk(light.hello(), light)
+    runs: list[str] = []
+    light.handler = lambda op, args: (runs.append(op) or payloads.CS_OK, "")  # type: ignore[func-returns-value]
+    task = asyncio.create_task(site.router.submit(CommandRequest("ops-7", 1001, "boost", {"level": 800})))
+    await site.talk(b"", light, settle=0.05)
+    assert runs == ["boost"]
+    light.replies.clear()  # the CMD_ACK is lost on the way: the router retries after retry_s (0.2 s)
+    first_seq = max(light.gw_window.top, 0)
+    await site.talk(b"", light, settle=0.35)
+    assert light.cmd_dups >= 1 and runs == ["boost"]  # received again, accepted (fresh seq), not run again
+    assert light.gw_window.top > first_seq and "replay" not in light.refused
+    await site.talk(bytes(light.replies), light)  # the node's repeated CMD_ACK ends the command
+    result = await asyncio.wait_for(task, 2)
+    assert result.status is CommandStatus.OK and runs == ["boost"]
+
+
+async def test_a_reprovisioned_node_counts_from_one_again(site: Site) -> None:
+    light = site.light
+    await site.talk(b"".join(light.data({payloads.L_LEVEL: i}) for i in range(5)), light)
+    assert light.pending == 0
+    # the node's flash is wiped and it is provisioned again: a new key id, sequence numbers from 1
+    rec = provision(site.manifest, node_id=1001, role="streetlight", site="harbour", lat=53.5, lon=9.9, name="sl-1")
+    assert rec.key_id == 2
+    assert site.registry.reload()
+    fresh = SimNode(1001, rec.key, rec.key_id, "streetlight")
+    stats = site.ingest.stats
+    accepted, dups = stats.accepted, stats.duplicates
+    await site.talk(fresh.data({payloads.L_LEVEL: 7}), fresh)
+    # stored and acknowledged — not taken for a replay of the old seq 1 (re-acked and silently lost)
+    assert fresh.pending == 0 and (stats.accepted, stats.duplicates) == (accepted + 1, dups)
+    # and the old key's frames are refused now
+    before = site.ingest.stats.rejected.get("key_id", 0)
+    await site.talk(light.data({payloads.L_LEVEL: 8}), light)
+    assert site.ingest.stats.rejected.get("key_id", 0) == before + 1
+
+
+async def test_quiet_nodes_get_a_keepalive_before_they_think_the_gateway_lost(site: Site) -> None:
+    import time
+
+    light = site.light
+    await site.talk(light.hello(), light)  # answered with a TIME (and an ACK)
+    times = len(light.times)
+    downlink = site.ingest.downlink
+    now = time.monotonic()
+    assert downlink.keepalive(now + 10, keepalive_s=30, time_sync_s=3600) == 0  # spoke 10 s ago: nothing
+    assert downlink.keepalive(now + 31, keepalive_s=30, time_sync_s=3600) == 1  # silent 31 s: a TIME
+    await site.talk(b"", light)
+    assert len(light.times) == times + 1 and light.refused == []
+    assert downlink.keepalive(time.monotonic() + 5, keepalive_s=30, time_sync_s=3600) == 0
+    # the medical node never spoke: not online, no keepalive; the TIME also refreshes the clock periodically
+    assert downlink.keepalive(time.monotonic() + 4000, keepalive_s=30, time_sync_s=3600) == 1

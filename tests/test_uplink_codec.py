@@ -108,3 +108,17 @@ def test_docs_tables_match_the_codec() -> None:
     assert kinds is not None
     listed = ["telemetry"] + [w.split()[-1] for w in kinds.group(1).replace("\n", " ").split(",")]
     assert tuple(listed) == codec.KINDS
+
+
+def test_docs_command_table_matches_the_router() -> None:
+    """docs/uplink.md §6 lists exactly the commands (and the roles) gateway.commands.COMMANDS accepts."""
+    import re
+    from pathlib import Path
+
+    from gateway.commands import COMMANDS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "uplink.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| ([a-z, ]+) \| ", text, re.M)
+    assert {name: frozenset(r.strip() for r in roles.split(",")) for name, roles in rows} == dict(COMMANDS)
+    birth = re.search(r'"commands": \[(.*?)\]', text)
+    assert birth is not None and set(re.findall(r'"(\w+)"', birth.group(1))) <= set(COMMANDS)

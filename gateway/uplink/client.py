@@ -114,7 +114,7 @@ class UplinkSettings:
         values: dict[str, Any] = {
             "url": up.url,
             "gateway_id": config.gateway_id,
-            "site": site or getattr(up, "site", None) or getattr(config, "site", None) or "default",
+            "site": site or up.site or "default",
             "client_id": up.client_id,
             "username": up.username,
             "password": up.password,
@@ -127,7 +127,7 @@ class UplinkSettings:
             "batch_ms": up.batch_ms,
             "keepalive_s": up.keepalive_s,
         }
-        allowed = getattr(up, "allowed_commands", None)
+        allowed = up.allowed_commands
         if allowed is not None:
             values["allowed_commands"] = frozenset(allowed)
         values.update(overrides)
@@ -615,6 +615,7 @@ async def start_uplink(
     agent_state: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Uplink:
     """Build and start the uplink for the agent (``gateway.agent``): commands go to ``router.submit``."""
+    site = site or config.uplink.site  # configured: it wins over the manifest's majority
     if site is None and registry is not None:
         sites = [getattr(rec, "site", "") for rec in registry]
         site = max(set(sites), key=sites.count) if sites else None
