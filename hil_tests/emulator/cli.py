@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def _command(board: EmulatedBoard, line: str) -> Any:
         return board.hw.set(rest[0], **kv)
     if word == "link":
         return board.link_faults(**{k: _value(v) for k, _, v in (r.partition("=") for r in rest)})
-    actions = {
+    actions: dict[str, Callable[[], Any]] = {
         "state": board.hw.state,
         "status": board.status,
         "power_cut": board.power_cut,
