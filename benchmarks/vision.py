@@ -1,13 +1,20 @@
 """Vision benchmark: detector rate, pipeline rate under constant motion, CPU on a quiet scene, mAP@0.5 and
-counting error on held-out synthetic data, for every TFLite runtime installed in this Python.
+counting error on held-out synthetic data, for every TFLite runtime installed.
 
-    .venv/bin/python benchmarks/vision.py [--quick]                  # ai-edge-litert
-    PYTHONPATH=. .venv-tflite/bin/python benchmarks/vision.py --quick  # tflite-runtime
+    .venv/bin/python benchmarks/vision.py [--quick]
+
+ai-edge-litert runs in this Python; tflite-runtime needs numpy<2, so when this Python lacks it and
+.venv-tflite exists (made by scripts/test.d/tflite_runtime.sh) the same script runs there as a
+subprocess (``--backend tflite_runtime``) and its figures are merged; when neither has it, the JSON says so.
 
 Figures (per runtime):
-  detector_fps   invokes/s of the shipped int8 detector on a prepared input (1 thread, XNNPACK default)
-  pipeline_fps   frames/s fully analysed (motion gate, detector, tracker, zones) by a camera worker fed
-                 frames as fast as it takes them, on a scene where something moves in every frame
+  detector_fps   detector calls/s of the shipped int8 detector on a ready 160x160 input tensor: set the
+                 input, invoke, read and dequantise the outputs (the pipeline's inference stage, exactly;
+                 1 interpreter thread, XNNPACK default). Excludes frame resize, colour conversion, decode.
+  pipeline_fps   frames/s fully analysed by a camera worker fed in-memory 640x480 frames as fast as it takes
+                 them, on a scene where something moves in every frame. Includes everything: area resize
+                 of the frame to the model input, BGR->RGB, motion gate, the detector call above, output
+                 decode, duplicate suppression, tracker, line analytics, thread hand-offs
   pipeline_ratio pipeline_fps / detector_fps (target >= 0.9)
   quiet_cpu_pct  CPU of this process, in % of one core, for a camera worker reading a 640x480 MJPG file of
                  an empty street at 15 frames/s through OpenCV (decode included; target <= 10)
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,22 +41,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.vision.capture import ArraySource, OpenCVSource
 from gateway.vision.config import DEFAULT_LABELS, DEFAULT_MODEL, CameraConfig
-from gateway.vision.detector import Detector, installed_backends
+from gateway.vision.detector import BACKENDS, Detector, installed_backends
 from gateway.vision.metrics import average_precision
 from gateway.vision.pipeline import CameraWorker, FrameAnalyzer
 from gateway.vision.scenes import CLASSES, SceneVideo, VideoSpec, quiet_frames, render_image
 from gateway.vision.zones import Analytics, CountLine
 
+ROOT = Path(__file__).resolve().parent.parent
+TFLITE_VENV_PYTHON = ROOT / ".venv-tflite" / "bin" / "python"
+DEFINITIONS = {
+    "detector_fps": "set input + invoke + read/dequantise outputs on a ready 160x160 tensor, 1 thread",
+    "pipeline_fps": "640x480 frame -> area resize, BGR->RGB, motion gate, detector call, decode, duplicate "
+                    "suppression, tracker, line analytics, thread hand-offs (camera worker, lossless)",
+    "quiet_cpu_pct": "% of one core, MJPG 640x480 file at 15 frames/s of an empty street, decode included",
+}
 LINE = CountLine("mid", (320, 480), (320, 0), directions=("ltr", "rtl"))
 
 
 def detector_fps(det: Detector, frame: np.ndarray, seconds: float) -> float:
+    """Detector calls/s as the pipeline's inference stage makes them (input set, invoke, outputs read)."""
     tensor = det.prepare(frame)
     for _ in range(20):
-        det.invoke_prepared(tensor)
+        det.infer(tensor)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        det.invoke_prepared(tensor)
+        det.infer(tensor)
         n += 1
     return n / (time.perf_counter() - t0)
 
@@ -140,43 +157,76 @@ def count_error(backend: str, videos: int, frames: int) -> tuple[float, int]:
     return 100.0 * err / max(total, 1), total
 
 
+def run_elsewhere(python: Path, backend: str, quick: bool) -> dict[str, object]:
+    """This benchmark for ``backend`` in another Python (tflite-runtime's numpy<2 venv); its figures."""
+    cmd = [str(python), str(Path(__file__).resolve()), "--backend", backend] + (["--quick"] if quick else [])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        return {"installed": True, "error": f"{python}: no result within 600 s"}
+    lines = done.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1])["runtimes"][backend]
+    except (IndexError, KeyError, ValueError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"installed": True, "error": f"{python} exited {done.returncode}: {tail}"}
+    result["python"] = str(python.relative_to(ROOT)) if python.is_relative_to(ROOT) else str(python)
+    return dict(result)
+
+
+def measure(backend: str, frames: list[np.ndarray], quick: bool, tmp: Path) -> dict[str, object]:
+    """Every figure for one runtime installed in this Python."""
+    seconds = 2.0 if quick else 6.0
+    det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=backend)
+    # detector alone before and after the pipeline run: the mean cancels slow drifts of machine load
+    d_before = detector_fps(det, frames[0], seconds / 2)
+    load_before = os.getloadavg()[0]
+    pfps, share = pipeline_fps(backend, frames, seconds)
+    dfps = (d_before + detector_fps(det, frames[0], seconds / 2)) / 2
+    quiet = quiet_cpu(backend, 3.0 if quick else 10.0, tmp)
+    m = map50(det, 80 if quick else 300)
+    cerr, ctotal = count_error(backend, 2 if quick else 6, 300 if quick else 450)
+    return {
+        "installed": True,
+        "detector_fps": round(dfps, 1),
+        "pipeline_fps": round(pfps, 1),
+        "pipeline_ratio": round(pfps / dfps, 3),
+        "pipeline_detect_share": round(share, 3),
+        "load_avg_1min_at_pipeline": round(load_before, 2),
+        "quiet_cpu_pct": round(quiet, 2),
+        "map50": round(m, 4),
+        "count_err_pct": round(cerr, 2),
+        "count_truth": ctotal,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="shorter runs (< 1 minute in all)")
+    ap.add_argument("--backend", choices=BACKENDS, action="append",
+                    help="only this runtime, in this Python (default: every runtime, tflite-runtime in "
+                         ".venv-tflite when this Python lacks it)")
     args = ap.parse_args()
-    seconds = 2.0 if args.quick else 6.0
-    backends = installed_backends()
-    if not backends:
-        print("no TFLite runtime installed (pip install ai-edge-litert)", file=sys.stderr)
-        return 1
+    here = installed_backends()
+    wanted = args.backend or list(BACKENDS)
+    out: dict[str, dict[str, object]] = {}
     frames = busy_frames(60 if args.quick else 150)
-    out: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in backends:
-            det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=backend)
-            # detector alone before and after the pipeline run: the mean cancels slow drifts of machine load
-            d_before = detector_fps(det, frames[0], seconds / 2)
-            pfps, share = pipeline_fps(backend, frames, seconds)
-            dfps = (d_before + detector_fps(det, frames[0], seconds / 2)) / 2
-            quiet = quiet_cpu(backend, 3.0 if args.quick else 10.0, Path(tmp))
-            m = map50(det, 80 if args.quick else 300)
-            cerr, ctotal = count_error(backend, 2 if args.quick else 6, 300 if args.quick else 450)
-            out[backend] = {
-                "detector_fps": round(dfps, 1),
-                "pipeline_fps": round(pfps, 1),
-                "pipeline_ratio": round(pfps / dfps, 3),
-                "pipeline_detect_share": round(share, 3),
-                "quiet_cpu_pct": round(quiet, 2),
-                "map50": round(m, 4),
-                "count_err_pct": round(cerr, 2),
-                "count_truth": ctotal,
-            }
+        for backend in wanted:
+            if backend in here:
+                out[backend] = measure(backend, frames, args.quick, Path(tmp))
+            elif args.backend is None and backend == "tflite_runtime" and TFLITE_VENV_PYTHON.exists():
+                out[backend] = run_elsewhere(TFLITE_VENV_PYTHON, backend, args.quick)
+            else:
+                where = "" if args.backend else " nor in .venv-tflite (bash scripts/test.d/tflite_runtime.sh makes it)"
+                out[backend] = {"installed": False, "reason": f"not importable in {sys.executable}{where}"}
             print(f"{backend}: {json.dumps(out[backend])}", file=sys.stderr)
     print(json.dumps({"runtimes": out, "cores": os.cpu_count(), "quick": args.quick,
-                      "load_avg_1min": round(os.getloadavg()[0], 2),
+                      "load_avg_1min": round(os.getloadavg()[0], 2), "definitions": DEFINITIONS,
                       "model": DEFAULT_MODEL.name, "targets": {"pipeline_ratio": 0.9, "quiet_cpu_pct": 10,
                                                                "map50": 0.8, "count_err_pct": 5}}))
-    return 0
+    return 0 if any(r.get("installed") and "error" not in r for r in out.values()) else 1
 
 
 if __name__ == "__main__":
