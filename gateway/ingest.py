@@ -72,7 +72,8 @@ CMD_STATUS = {
     payloads.CS_BUSY: "rejected",
 }
 MEDICAL_CODES = range(64, 128)
-MAX_FLUSHES = 3  # outbox commits in flight at once (one for telemetry, more only for alarms)
+MAX_FLUSHES = 3  # outbox commits in flight at once (alarms may use them all)
+TELEMETRY_FLUSHES = 2  # the next batch waits in the outbox's queue while the one before commits
 
 
 def _scaled(label: int, value: int) -> float | int:
@@ -137,6 +138,18 @@ def packed_telemetry(frame: Frame, ts_ms: int) -> PackedBody:
     if not ts:  # the node does not know the time yet: stamped with the gateway's clock (``ts_ms``)
         return PackedBody(codec.pack_body(telemetry_body(frame), ts_ms), ts_ms)
     direct = _DIRECT
+    if type(body) is dict and _L_T not in body and len(body) < 23:
+        # one record (the usual DATA frame): its map entries are copied from the wire as they are, after
+        # the record time "t" = 0 (relative to the event's second)
+        for label, v in body.items():
+            if type(v) is not int or type(label) is not int or label not in direct or not -_EXACT < v < _EXACT:
+                break
+        else:
+            payload = frame.payload
+            if payload[0] == 0xA0 + len(body):  # a map header of one byte, as every encoder writes it
+                packed = b"".join((_HEAD_SEQ, _cbor_uint(frame.seq), _ONE_RECORD, bytes((0xA1 + len(body),)),
+                                   _T_ZERO, payload[1:]))
+                return PackedBody(packed, ts_ms)
     records = []
     for raw in body if isinstance(body, list) else (body,):
         if not isinstance(raw, dict):
@@ -150,6 +163,21 @@ def packed_telemetry(frame: Frame, ts_ms: int) -> PackedBody:
             rec[label] = v
         records.append(rec)
     return PackedBody(cbor2.dumps({_K_SEQ: frame.seq, _K_RECORDS: records}), ts_ms)
+
+
+_HEAD_SEQ = bytes((0xA2, 0x20))  # {−1 (seq): ..., −2 (records): [...]}
+_ONE_RECORD = bytes((0x21, 0x81))  # −2: an array of one record
+_T_ZERO = bytes((_L_T, 0))  # t: 0
+
+
+def _cbor_uint(v: int) -> bytes:
+    if v < 24:
+        return bytes((v,))
+    if v < 0x100:
+        return bytes((0x18, v))
+    if v < 0x10000:
+        return b"\x19" + v.to_bytes(2, "big")
+    return b"\x1a" + v.to_bytes(4, "big")  # frame seqs are u32
 
 
 # labels whose wire value is exactly their compact uplink value: the protocol's fields with scale <= 0, and t
@@ -237,6 +265,7 @@ class Ingest:
         self._now = time.monotonic()
         self._wall = time.time()
         self._urgent = False
+        self._oldest = self._now
         self._wake = asyncio.Event()
 
     def _registry_changed(self, registry: Registry) -> None:
@@ -305,6 +334,8 @@ class Ingest:
             return
         if event is None:
             return
+        if not self._pending:
+            self._oldest = self._now  # the batch's deadline counts from its first frame
         self._pending.append(_Pending(link, frame, event))
         if event.priority is Priority.ALARM or len(self._pending) >= self.batch_max:
             self._urgent = True
@@ -353,7 +384,6 @@ class Ingest:
         Up to ``MAX_FLUSHES`` commits may be in flight, so an alarm does not wait for the telemetry batch
         ahead of it to be acknowledged: it joins the outbox's next group commit at once.
         """
-        loop = asyncio.get_running_loop()
         inflight: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -371,14 +401,15 @@ class Ingest:
                     continue
                 if not self._urgent and self.flush_s > 0:
                     # let a batch build up, unless an alarm or a full batch arrives first
-                    deadline = loop.time() + self.flush_s
-                    while not self._urgent and (left := deadline - loop.time()) > 0:
+                    # (from the first frame's arrival: frames that waited for the last commit go at once)
+                    deadline = self._oldest + self.flush_s
+                    while not self._urgent and (left := deadline - time.monotonic()) > 0:
                         self._wake.clear()
                         try:
                             await asyncio.wait_for(self._wake.wait(), left)
                         except TimeoutError:
                             break
-                limit = MAX_FLUSHES if self._urgent else 1
+                limit = MAX_FLUSHES if self._urgent else TELEMETRY_FLUSHES
                 while len(inflight) >= limit:  # back-pressure: a stuck outbox stops this loop (and its beats)
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 task = asyncio.create_task(self.flush())

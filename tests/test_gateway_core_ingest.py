@@ -194,7 +194,8 @@ def test_telemetry_passes_scaled_integers_through_to_the_compact_body() -> None:
         ({payloads.L_POWER: 2**60}, None),  # beyond a float's exact range (general path)
         ({payloads.L_POWER: 423}, 0),  # a node that does not know the time yet (gateway clock)
     ]
-    for values, ts in cases:
+    for (values, ts), seq in zip(cases * 2, [1, 30, 300, 70_000, 5_000_000, 23, 24, 255, 256, 65_536]):
+        node.next_seq = dict.fromkeys(node.next_seq, seq)  # every width of the seq's CBOR encoding
         wire = node.data(values, ts=ts)  # type: ignore[arg-type]
         frame = decode_frame(cobs_decode(wire[:-1]), Key(key, 1), DIR_UP)
         ts_ms = frame.ts * 1000 if frame.ts else 1_700_000_000_123
