@@ -27,7 +27,6 @@ import cv2
 import numpy as np
 
 from cityedge.errors import CityedgeError
-from gateway.vision.metrics import iou
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +54,33 @@ def suppress_duplicates(found: list[Detection], max_iou: float, max_cover: float
     (``max_cover``) inside clearly better ones.
 
     Models suppress per class; the same object seen as both "cyclist" and "vehicle" would otherwise become
-    two tracks (and two counts).
+    two tracks (and two counts). A weak box mostly inside clearly better ones (score lower by 0.2 or more;
+    the covered shares are summed, so an overlap counted twice errs towards keeping less) is a ghost of
+    the overlap of two objects, not a third object. The pairwise overlaps are computed once, in numpy.
     """
     if len(found) < 2 or max_iou >= 1.0:
         return found
-    kept: list[Detection] = []
-    for d in sorted(found, key=lambda d: -d.score):
-        if all(iou(d.box, k.box) <= max_iou for k in kept) and _covered(d, kept) < max_cover:
-            kept.append(d)
-    return kept
-
-
-def _covered(d: Detection, better: list[Detection]) -> float:
-    """Share of ``d``'s box inside better boxes (summed, so an overlap counted twice errs towards keeping
-    less): a weak box in the overlap of two objects is a ghost of the overlap, not a third object."""
-    x0, y0, x1, y1 = d.box
-    area = max((x1 - x0) * (y1 - y0), 1e-6)
-    inside = 0.0
-    for k in better:
-        if k.score < d.score + 0.2:
-            continue
-        ix = max(0.0, min(x1, k.box[2]) - max(x0, k.box[0]))
-        iy = max(0.0, min(y1, k.box[3]) - max(y0, k.box[1]))
-        inside += ix * iy
-    return inside / area
+    ordered = sorted(found, key=lambda d: -d.score)
+    boxes = np.array([d.box for d in ordered], np.float64)
+    scores = np.array([d.score for d in ordered], np.float64)
+    ix = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0]),
+                 0.0, None)
+    iy = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1]),
+                 0.0, None)
+    inter = ix * iy
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area[:, None] + area[None, :] - inter
+    overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    inside = inter / np.maximum(area, 1e-6)[:, None]  # [i, k]: share of box i inside box k
+    clearly_better = scores[None, :] >= scores[:, None] + 0.2
+    kept: list[int] = []
+    for i in range(len(ordered)):
+        if kept:
+            k = np.array(kept)
+            if overlap[i, k].max() > max_iou or inside[i, k][clearly_better[i, k]].sum() >= max_cover:
+                continue
+        kept.append(i)
+    return [ordered[i] for i in kept]
 
 
 class ModelError(CityedgeError):
@@ -234,7 +236,8 @@ class Detector:
         """``image`` (BGR) resized to the model's input size (the motion gate can use it too).
 
         Area averaging, as in training: bilinear is 9× cheaper but aliases at 3-4× downscaling and cost
-        the street detector false positives and miscounts.
+        the street detector false positives and miscounts. (A cheaper two-step area resize, halving first,
+        differs by half a grey level on average and already counted worse on the held-out videos.)
         """
         return cv2.resize(image, self.input_size, interpolation=cv2.INTER_AREA)
 
