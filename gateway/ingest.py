@@ -147,7 +147,7 @@ def packed_telemetry(frame: Frame, ts_ms: int) -> PackedBody:
         else:
             payload = frame.payload
             if payload[0] == 0xA0 + len(body):  # a map header of one byte, as every encoder writes it
-                packed = b"".join((_HEAD_SEQ, _cbor_uint(frame.seq), _ONE_RECORD, bytes((0xA1 + len(body),)),
+                packed = b"".join((_HEAD_SEQ, codec.cbor_uint(frame.seq), _ONE_RECORD, bytes((0xA1 + len(body),)),
                                    _T_ZERO, payload[1:]))
                 return PackedBody(packed, ts_ms)
     records = []
@@ -168,16 +168,6 @@ def packed_telemetry(frame: Frame, ts_ms: int) -> PackedBody:
 _HEAD_SEQ = bytes((0xA2, 0x20))  # {−1 (seq): ..., −2 (records): [...]}
 _ONE_RECORD = bytes((0x21, 0x81))  # −2: an array of one record
 _T_ZERO = bytes((_L_T, 0))  # t: 0
-
-
-def _cbor_uint(v: int) -> bytes:
-    if v < 24:
-        return bytes((v,))
-    if v < 0x100:
-        return bytes((0x18, v))
-    if v < 0x10000:
-        return b"\x19" + v.to_bytes(2, "big")
-    return b"\x1a" + v.to_bytes(4, "big")  # frame seqs are u32
 
 
 # labels whose wire value is exactly their compact uplink value: the protocol's fields with scale <= 0, and t

@@ -50,6 +50,7 @@ class SerialLink:
         self._out = bytearray()
         self._lost: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_soon = False
         self._backoff = Backoff(config.reopen_min_s, config.reopen_max_s)
 
     def __repr__(self) -> str:
@@ -186,8 +187,17 @@ class SerialLink:
             self.stats.dropped_out += len(data)
             return False
         self._out += data
-        self._flush()
+        if self._loop is None:
+            self._flush()
+        elif not self._flush_soon:
+            # written after the current callback: the ACKs of one commit go out in one write, not one each
+            self._flush_soon = True
+            self._loop.call_soon(self._flush_queued)
         return True
+
+    def _flush_queued(self) -> None:
+        self._flush_soon = False
+        self._flush()
 
     def _flush(self) -> None:
         if self._fd < 0 or not self._out:

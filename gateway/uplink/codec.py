@@ -104,8 +104,9 @@ def encode_batch(gateway: str, epoch: str, batch: Sequence[StoredEvent], fmt: st
         kind: int | str = KIND_CODE.get(ev.kind, ev.kind)
         body = ev.body
         packed = body.packed if type(body) is PackedBody else pack_body(body, ev.ts_ms)
-        # [idx, seq, dt, kind] encodes as a 4-array (0x84); one more item makes it a 5-array (0x85)
-        parts.append(b"\x85" + cbor2.dumps([idx, s.seq, ev.ts_ms - base, kind])[1:] + packed)
+        # [idx, seq, dt, kind, body]: a 5-array (0x85) of four unsigned integers (or a text kind) and the body
+        parts.append(b"".join((b"\x85", cbor_uint(idx), cbor_uint(s.seq), cbor_uint(ev.ts_ms - base),
+                               cbor_uint(kind) if type(kind) is int else cbor2.dumps(kind), packed)))
     head = cbor2.dumps(
         {
             B_VERSION: FORMAT_VERSION,
@@ -118,6 +119,22 @@ def encode_batch(gateway: str, epoch: str, batch: Sequence[StoredEvent], fmt: st
     )
     # the same map with a 7th entry (B_EVENTS: array of the pre-encoded events), built without re-encoding
     return b"".join([bytes([head[0] + 1]), head[1:], b"\x06", _array_head(len(parts)), *parts])
+
+
+_SMALL = [bytes((v,)) for v in range(24)]
+
+
+def cbor_uint(v: int) -> bytes:
+    """CBOR unsigned integer, shortest form (what cbor2 writes)."""
+    if v < 24:
+        return _SMALL[v]
+    if v < 0x100:
+        return bytes((0x18, v))
+    if v < 0x10000:
+        return b"\x19" + v.to_bytes(2, "big")
+    if v < 0x100000000:
+        return b"\x1a" + v.to_bytes(4, "big")
+    return b"\x1b" + v.to_bytes(8, "big")
 
 
 def _array_head(n: int) -> bytes:
