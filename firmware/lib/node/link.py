@@ -101,7 +101,7 @@ class Link:
 
     def __init__(self, uart, node_id: int, keys, outbox, on_cmd=None, on_time=None, on_link=None, clock=None,
                  window: int = 8, rto_ms: int = 2000, rto_max_ms: int = 60000, lost_ms: int = 90000,
-                 poll_ms: int = 20, ticks=None) -> None:
+                 poll_ms: int = 20, ticks=None, burst: int = 2) -> None:
         self.uart = uart
         self._ticks = ticks if ticks is not None else ticks_ms  # tests pass a virtual clock
         self.node_id = node_id
@@ -122,6 +122,7 @@ class Link:
         self.rto_max = rto_max_ms
         self.lost_ms = lost_ms
         self.poll_ms = poll_ms
+        self.burst = burst if burst > 0 else 1  # frames written per poll: bounds the garbage of a backlog flush
         self._enc = Encoder(node_id, self.key)
         self._dec = StreamDecoder(MAX_FRAME)
         self._rbuf = bytearray(64)
@@ -266,26 +267,32 @@ class Link:
             if ch == CH_BULK and self._inflight[CH_CTRL]:
                 break
             due = self._due[ch]
-            resend = due is not None and ticks_diff(now, due) >= 0
-            if resend:
+            if due is not None and ticks_diff(now, due) >= 0:
+                # timeout: go back N -- every in-flight frame of the channel goes again, in order
                 r = self._rto[ch] * 2
                 self._rto[ch] = r if r < self.rto_max else self.rto_max
+                for e in fl:
+                    if e[_SENT] is not None:
+                        e[_SENT] = None
+                        self.stats["retx"] += 1
+                due = self._due[ch] = None
             base = fl[0][_SEQ]
-            sent = False
             for e in fl:
                 seq = e[_SEQ]
                 if seq - base >= _SPAN:
                     break
-                if e[_SENT] is None or resend:
-                    if e[_SENT] is not None:
-                        self.stats["retx"] += 1
+                if e[_SENT] is None:
+                    if n >= self.burst:
+                        self._dirty = True  # the rest goes at the next poll
+                        break
                     self.uart.write(self._enc.stream(e[_TYPE], seq, e[_TS], e[_PAYLOAD], e[_PRIO], seq - base))
                     self.stats["sent"] += 1
                     e[_SENT] = now
-                    sent = True
                     n += 1
-            if sent and (resend or due is None):
+            if n and due is None:
                 self._due[ch] = ticks_add(now, self._jitter(self._rto[ch]))
+            if n >= self.burst:
+                break
         return n
 
     # --- receiving

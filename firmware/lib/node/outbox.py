@@ -41,6 +41,13 @@ _SEALED = const(4)
 N_CH = const(2)
 
 
+_SKIPPED = (0,)
+
+
+def _crc_of(b) -> int:
+    return b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
+
+
 class OutboxFull(Exception):
     """The event channel is at its quota: the record was not stored (the app keeps signalling locally)."""
 
@@ -70,6 +77,8 @@ class Outbox:
         self._hdr = bytearray(_REC_LEN)
         self._hmv = memoryview(self._hdr)
         self._crcbuf = bytearray(4)
+        self._ackbuf = bytearray(4 * N_CH)
+        self._ackpath = root + "/ack.bin"
         self._segno = 0
         self._scan()
 
@@ -137,14 +146,16 @@ class Outbox:
         magic, ln, ftype, prio, seq, ts = struct.unpack_from(_REC, self._hdr, 0)
         if magic != _MAGIC or ln > _MAX_PAYLOAD:
             return False
+        if seq <= skip_upto:
+            # already acknowledged or already loaded: step over it without reading it into a new object
+            f.seek(ln + 4, 1)
+            return _SKIPPED
         payload = f.read(ln)
         if len(payload) != ln or f.readinto(self._crcbuf) != 4:
             return False
-        crc = binascii.crc32(payload, binascii.crc32(self._hdr)) & 0xFFFFFFFF
-        if struct.unpack("<I", self._crcbuf)[0] != crc:
+        crc = binascii.crc32(payload, binascii.crc32(self._hdr))
+        if _crc_of(self._crcbuf) != crc & 0xFFFFFFFF:
             return False
-        if seq <= skip_upto:
-            return (seq,)
         return (seq, ftype, prio, ts, payload)
 
     def _unlink(self, ch: int, no: int) -> None:
@@ -218,7 +229,8 @@ class Outbox:
         before = self.pending(ch)
         self.acked[ch] = cum
         self._ack_gen += 1
-        write_atomic(self.root + "/ack.bin", struct.pack("<%dI" % N_CH, *self.acked), self._ack_gen)
+        struct.pack_into("<II", self._ackbuf, 0, self.acked[0], self.acked[1])  # N_CH == 2
+        write_atomic(self._ackpath, self._ackbuf, self._ack_gen)
         segs = self.segs[ch]
         while segs and segs[0][_FIRST] <= cum:
             s = segs[0]
