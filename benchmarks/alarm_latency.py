@@ -30,6 +30,9 @@ from gateway_site import BenchSite
 from gateway.uplink import codec
 
 TARGET_P99_MS = 50.0
+# the same benchmark on the same machine before the outbox/ingest/uplink work of 2026-11-21 (commit a7dff25)
+BASELINE = {"p50_ms": 34.28, "p99_ms": 191.99, "durable_p50_ms": 21.6, "durable_p99_ms": 160.02, "load_avg_1m": 3.74,
+            "commit": "a7dff25"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -106,6 +109,7 @@ async def run(seconds: float, background_fps: int, alarm_every_s: float) -> dict
         "max_ms": round(max(latencies), 2),
         "target_background_fps": background_fps,
         "target_p99_ms": TARGET_P99_MS,
+        "baseline": BASELINE,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 

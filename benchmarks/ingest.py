@@ -27,6 +27,9 @@ from cewire import payloads
 from gateway_site import BenchSite
 
 TARGET = 20_000
+# the same benchmark on the same machine before the outbox/ingest/uplink work of 2026-11-21 (commit a7dff25)
+BASELINE = {"frames_per_s": 10185, "frames_per_agent_cpu_s": 21978, "agent_cores_used": 0.46, "load_avg_1m": 3.41,
+            "commit": "a7dff25"}
 
 
 async def run(total: int, nodes: int, window: int, ports: int) -> dict[str, object]:
@@ -81,6 +84,7 @@ async def run(total: int, nodes: int, window: int, ports: int) -> dict[str, obje
             "window": window,
             "serial_links": ports,
             "target_frames_per_s": TARGET,
+            "baseline": BASELINE,
             "load_avg_1m": round(os.getloadavg()[0], 2),
         }
 

@@ -269,9 +269,9 @@ class Ingest:
                 self.receiver.forget(node_id)
                 log.info("node %d re-provisioned (key id %d -> %d): its sequence numbers start again",
                          node_id, old[0], key[0])
-        for node_id in set(self._keys) - set(keys):
-            self.receiver.forget(node_id)  # removed: if it comes back, it comes back provisioned afresh
-        self._keys = keys
+        # removed nodes' keys are remembered: one that comes back under the same key keeps its windows (its
+        # old frames would verify again), one that comes back re-provisioned is forgotten as above
+        self._keys.update(keys)
         self.tracker.forget({rec.node_id for rec in registry})
 
     # ------------------------------------------------------------------ frames in (synchronous, hot path)

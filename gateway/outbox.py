@@ -315,7 +315,8 @@ class Outbox:
         # packed here, in the caller's context: a body that cannot be encoded fails this caller's put only,
         # not everybody's puts that would have shared the commit
         packed = [ev.body.packed if type(ev.body) is PackedBody else pack_body(ev.body, ev.ts_ms) for ev in batch]
-        urgent = any(ev.priority is Priority.ALARM for ev in batch)
+        # alarms only: such a commit may go ahead of earlier jobs without reordering any other lane
+        urgent = all(ev.priority is Priority.ALARM for ev in batch)
         return await self._submit(_Job(list(zip(batch, packed)), None, self._new_future(), urgent))
 
     async def ack(self, ids: Iterable[int]) -> int:
@@ -565,7 +566,7 @@ class Outbox:
         loop = asyncio.get_running_loop()
         for prio in sorted(Priority, reverse=True):
             while self._cursor[prio] < self._mem_from[prio]:  # older rows than the memory copy: from disk
-                cursor = self._cursor[prio]
+                cursor, upto = self._cursor[prio], self._mem_from[prio]  # rows up to ``upto`` are committed now
                 rows, complete = await loop.run_in_executor(
                     self._executor, self._read_sync, prio, cursor, max_events, max_bytes
                 )
@@ -573,8 +574,8 @@ class Outbox:
                     continue
                 if rows:
                     self._cursor[prio] = rows[-1].id
-                if complete:  # nothing more on disk up to the copy's start: continue from memory
-                    self._cursor[prio] = max(self._cursor[prio], self._mem_from[prio])
+                if complete:  # nothing more on disk up to the copy's start (as it was): continue from there
+                    self._cursor[prio] = max(self._cursor[prio], upto)
                 if rows:
                     return rows
             batch = self._take_mem(prio, max_events, max_bytes)

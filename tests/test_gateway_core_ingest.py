@@ -258,3 +258,21 @@ async def test_quiet_nodes_get_a_keepalive_before_they_think_the_gateway_lost(si
     assert downlink.keepalive(time.monotonic() + 5, keepalive_s=30, time_sync_s=3600) == 0
     # the medical node never spoke: not online, no keepalive; the TIME also refreshes the clock periodically
     assert downlink.keepalive(time.monotonic() + 4000, keepalive_s=30, time_sync_s=3600) == 1
+
+
+async def test_a_node_removed_and_restored_with_the_same_key_keeps_its_replay_window(site: Site) -> None:
+    light = site.light
+    old = light.data({payloads.L_LEVEL: 1})
+    await site.talk(old, light)
+    text = site.manifest.read_text()
+    import json
+
+    doc = json.loads(text)
+    del doc["nodes"]["1001"]
+    site.manifest.write_text(json.dumps(doc))
+    assert site.registry.reload() and site.registry.get(1001) is None
+    site.manifest.write_text(text)  # restored as it was: same key id, same key
+    assert site.registry.reload()
+    accepted = site.ingest.stats.accepted
+    await site.talk(old, light)  # a captured frame replayed: still refused
+    assert site.ingest.stats.accepted == accepted and site.ingest.stats.duplicates >= 1
