@@ -78,6 +78,7 @@ class Outbox:
         self._hmv = memoryview(self._hdr)
         self._crcbuf = bytearray(4)
         self._ackbuf = bytearray(4 * N_CH)
+        self._skipmv = memoryview(bytearray(_MAX_PAYLOAD + 4))  # records stepped over in read()
         self._ackpath = root + "/ack.bin"
         self._segno = 0
         self._scan()
@@ -147,8 +148,12 @@ class Outbox:
         if magic != _MAGIC or ln > _MAX_PAYLOAD:
             return False
         if seq <= skip_upto:
-            # already acknowledged or already loaded: step over it without reading it into a new object
-            f.seek(ln + 4, 1)
+            # already acknowledged or already loaded: checked in the scratch buffer, no new object
+            if f.readinto(self._skipmv[: ln + 4]) != ln + 4:
+                return False
+            crc = binascii.crc32(self._skipmv[:ln], binascii.crc32(self._hdr))
+            if _crc_of(self._skipmv[ln : ln + 4]) != crc & 0xFFFFFFFF:
+                return False
             return _SKIPPED
         payload = f.read(ln)
         if len(payload) != ln or f.readinto(self._crcbuf) != 4:
