@@ -78,6 +78,7 @@ class Outbox:
         self._hmv = memoryview(self._hdr)
         self._crcbuf = bytearray(4)
         self._ackbuf = bytearray(4 * N_CH)
+        self._pos = [[0, 0, 0] for _ in range(N_CH)]  # per channel: segment no, offset, seq read up to
         self._skipmv = memoryview(bytearray(_MAX_PAYLOAD + 4))  # records stepped over in read()
         self._ackpath = root + "/ack.bin"
         self._segno = 0
@@ -261,13 +262,21 @@ class Outbox:
                 f = open(self._path(ch, s[_NO]), "rb")
             except OSError:
                 continue
+            pos = self._pos[ch]  # where the last read of this channel stopped: no re-reading from the start
+            seekable = hasattr(f, "seek")
             try:
+                if seekable and pos[0] == s[_NO] and pos[2] <= floor:
+                    f.seek(pos[1])
                 while len(out) < n:
                     rec = self._read_rec(f, floor)
                     if not rec:
                         break
                     if len(rec) > 1:
                         out.append(rec)
+                        if seekable:
+                            pos[0] = s[_NO]
+                            pos[1] = f.tell()
+                            pos[2] = rec[0]
             finally:
                 f.close()
         return out
