@@ -15,7 +15,7 @@ import pytest
 from cityedge.errors import ConfigError
 from gateway.commands import CommandRequest, CommandResult
 from gateway.vision.config import LightingRule, load_vision_config
-from gateway.vision.detector import Detection
+from gateway.vision.detector import Detection, suppress_duplicates
 from gateway.vision.lighting import AdaptiveLighting, CameraView, is_night
 from gateway.vision.motion import MotionGate
 from gateway.vision.privacy import blur_private
@@ -51,6 +51,18 @@ def test_motion_gate_ignores_slow_light_change() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- tracking + zones
+
+
+def test_duplicate_suppression_is_class_agnostic_and_drops_ghosts_of_overlaps() -> None:
+    car = Detection("vehicle", 0.9, (100, 300, 260, 380))
+    same_car = Detection("cyclist", 0.5, (105, 302, 262, 381))  # the same object under another class
+    ped_behind = Detection("pedestrian", 0.8, (180, 290, 210, 375))  # inside the car's box, scored alike
+    other = Detection("vehicle", 0.85, (250, 300, 400, 380))
+    ghost = Detection("pedestrian", 0.4, (200, 300, 300, 380))  # weak box over the two cars' overlap
+    kept = suppress_duplicates([ghost, same_car, other, ped_behind, car], max_iou=0.6)
+    assert kept == [car, other, ped_behind]  # best first; a clearly better box must cover a ghost
+    assert suppress_duplicates([car, same_car], max_iou=1.0) == [car, same_car]  # 1.0: nothing suppressed
+    assert suppress_duplicates([car], max_iou=0.6) == [car]
 
 
 def _walk(label: str, x0: float, x1: float, y: float, steps: int, w: float = 30, h: float = 80) -> list[Detection]:
