@@ -66,6 +66,9 @@ _CHUNK = 500  # ids per DELETE ... IN (...) statement (SQLite's variable limit i
 # rows per multi-row INSERT: one statement step (one GIL round trip for the writer thread) per chunk instead
 # of one per row; chunk sizes are powers of two so that few distinct statements are prepared and cached
 _ROW_CHUNKS = (256, 64, 16, 4, 1)
+CHECKPOINT_S = 1.0  # the WAL is copied into the database this often, on its own connection and thread
+# SQLite's own checkpoint on the committing connection, only if the background one falls far behind (pages)
+INLINE_CHECKPOINT_PAGES = 16384
 MEM_EVENTS = 20_000  # committed events kept in memory per priority for the uplink (see the module doc)
 _INSERT_EVENTS = "INSERT INTO events (prio, source, seq, kind, ts_ms, origin, body, size) VALUES "
 
@@ -182,6 +185,9 @@ class Outbox:
         self._data = asyncio.Event()
         self._urgent = asyncio.Event()  # set when a FAULT or ALARM was stored: the uplink stops waiting
         self._writer: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._ckpt_executor: ThreadPoolExecutor | None = None
+        self._ckpt_db: sqlite3.Connection | None = None
         self._busy = False
         self._depth: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._bytes = 0
@@ -223,6 +229,8 @@ class Outbox:
                 hint="check that the state directory exists, is writable by the agent and the disk is not full",
             ) from exc
         self._writer = asyncio.create_task(self._write_loop(), name="outbox-writer")
+        self._ckpt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-ckpt")
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="outbox-checkpoint")
         if self.total:
             self._data.set()
 
@@ -237,6 +245,15 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
+        if self._ckpt_executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._ckpt_executor, self._close_ckpt_sync)
+            self._ckpt_executor.shutdown(wait=True)
+            self._ckpt_executor = None
         if self._executor is not None:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self._close_sync)
@@ -283,6 +300,9 @@ class Outbox:
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
         self._last_id = max(int(row[0]) if row else 0, db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
         self._mem_from = dict.fromkeys(Priority, self._last_id)  # what is on disk now is read from disk
+        # Checkpoints (WAL -> database file, with an fsync of the file) would otherwise run inside whichever
+        # commit crosses 1000 WAL pages, and an alarm queued behind that commit would wait for it too.
+        db.execute(f"PRAGMA wal_autocheckpoint={INLINE_CHECKPOINT_PAGES}")
         self._db = db
 
     def _connect(self) -> sqlite3.Connection:
@@ -294,6 +314,31 @@ class Outbox:
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("PRAGMA journal_size_limit=16777216")  # truncate the WAL after checkpoints to 16 MiB
         return db
+
+    async def _checkpoint_loop(self) -> None:
+        """Copy committed WAL pages into the database in the background (PASSIVE: never blocks a commit)."""
+        loop = asyncio.get_running_loop()
+        done_at = self.commits
+        while True:
+            await asyncio.sleep(CHECKPOINT_S)
+            if self.commits == done_at or self._ckpt_executor is None:
+                continue
+            done_at = self.commits
+            try:
+                await loop.run_in_executor(self._ckpt_executor, self._checkpoint_sync)
+            except sqlite3.Error as exc:  # the next round (or SQLite's inline checkpoint) tries again
+                log.warning("outbox checkpoint failed: %s", exc)
+
+    def _checkpoint_sync(self) -> None:
+        if self._ckpt_db is None:
+            self._ckpt_db = self._connect()
+            self._ckpt_db.execute("PRAGMA wal_autocheckpoint=0")
+        self._ckpt_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def _close_ckpt_sync(self) -> None:
+        if self._ckpt_db is not None:
+            self._ckpt_db.close()
+            self._ckpt_db = None
 
     def _close_sync(self) -> None:
         if self._db is not None:

@@ -241,3 +241,23 @@ async def test_an_alarm_is_committed_ahead_of_queued_telemetry(tmp_path: Path) -
         await asyncio.gather(*tasks)
         assert order[0] == "alarm"
         assert (await ob.next_batch(10))[0].priority is Priority.ALARM
+
+
+async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits never run the checkpoint themselves; a background connection copies the WAL into the file."""
+    import asyncio
+
+    import gateway.outbox as outbox_mod
+
+    monkeypatch.setattr(outbox_mod, "CHECKPOINT_S", 0.05)
+    path = tmp_path / "ob.db"
+    async with Outbox(path) as ob:
+        before = path.stat().st_size
+        await ob.put_many([ev("node:1", Priority.TELEMETRY, i, pad=200) for i in range(400)])  # ~30 pages
+        assert ob._db is not None and ob._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if path.stat().st_size > before + 64 * 1024:
+                break
+        assert path.stat().st_size > before + 64 * 1024  # the rows reached the database file itself
+        assert len(await ob.next_batch(500)) == 400
