@@ -107,7 +107,7 @@ class Out:
 BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
 
 APP = """
-from medical.app import SETTINGS, MedicalNode
+from medical.app import LINK_PACE_MS, SETTINGS, MedicalNode
 from medical.annunciator import Annunciator
 from node import config
 from node.link import Link
@@ -116,7 +116,7 @@ settings = config.validate('/medical.json', {}, SETTINGS)
 node = MedicalNode(settings, Sensor(), Thermo(), lambda: 3900, Annunciator(Out(), Out()), None, ticks=ticks)
 outbox = Outbox('/outbox', quotas=(settings['outbox_events'], settings['outbox_vitals']))
 node.link = Link(node_port, 7, (KEY, 1), outbox, on_cmd=node.on_cmd, on_link=node.on_link, ticks=ticks,
-                 lost_ms=settings['link_lost_s'] * 1000)
+                 lost_ms=settings['link_lost_s'] * 1000, pace_ms=LINK_PACE_MS)
 node.start_sensor()
 node.link.hello('medical', '1.0.0', 1, 1)
 """

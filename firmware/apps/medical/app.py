@@ -26,6 +26,9 @@ FW_VERSION = "1.0.0"
 NODE = None  # the running MedicalNode (set by run())
 SETTINGS_PATH = "/medical.json"
 CAPS = ("spo2", "pr", "temp", "battery", "alarms", "iec60601-1-8")
+# a vitals backlog (after an outage) goes out one frame per LINK_PACE_MS: the garbage of signing and
+# acknowledging frames stays within the 1 s collection period; alarms are never paced (node.link)
+LINK_PACE_MS = const(250)
 
 _S_ACQ = const(0)
 _S_SEC = const(1)
@@ -441,7 +444,8 @@ def build(log=print):
     node = MedicalNode(settings, sensor, thermo, battery_mv, ann, None, log=log)
     link = Link(uart, prov["node_id"], (bytes.fromhex(prov["key"]), prov["key_id"]), outbox,
                 on_cmd=node.on_cmd, on_link=node.on_link, poll_ms=link_cfg.get("poll_ms", 50),
-                lost_ms=link_cfg.get("lost_s", settings["link_lost_s"]) * 1000)
+                lost_ms=link_cfg.get("lost_s", settings["link_lost_s"]) * 1000,
+                pace_ms=link_cfg.get("pace_ms", LINK_PACE_MS))
     node.link = link
     try:
         thermo.start()

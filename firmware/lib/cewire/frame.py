@@ -290,18 +290,13 @@ def _verify(buf, n: int, keyring, direction: int):
     return ftype, flags, key_id, node_id, seq, ts, back, end
 
 
-def decode_frame(buf, keyring, direction: int = DIR_ANY) -> Frame:
-    """Verify and decode one unframed frame; raise WireError (and nothing else) if it is refused.
-
-    ``keyring`` is a Keyring, or a single Key (a node verifying its gateway). ``direction`` (DIR_UP on the
-    gateway, DIR_DOWN on a node) refuses types the peer may not send. Replay is checked separately
-    (ReplayWindow / Receiver), after the MAC, so forged frames cannot move a window.
-    """
+def decode_fields(buf, keyring, direction: int = DIR_ANY) -> tuple:
+    """Verify one unframed frame and decode its CBOR payload in place (no copy, no Frame object); return
+    ``(ftype, flags, key_id, node_id, seq, ts, back, body)``. Same checks and errors as decode_frame."""
     try:
         n = len(buf)
         ftype, flags, key_id, node_id, seq, ts, back, end = _verify(buf, n, keyring, direction)
-        payload = bytes(buf[HEADER_LEN:end])
-        body = cbor.loads(payload) if payload else None
+        body = cbor.loads(buf, HEADER_LEN, end) if end > HEADER_LEN else None
     except WireError:
         raise
     except Exception as e:  # anything unforeseen in a hostile input is still a refused frame
@@ -312,4 +307,16 @@ def decode_frame(buf, keyring, direction: int = DIR_ANY) -> Frame:
         ok = isinstance(body, dict)
     if not ok:
         raise WireError(E_PAYLOAD, "%s payload must be a CBOR map" % TYPE_NAMES[ftype])
+    return ftype, flags, key_id, node_id, seq, ts, back, body
+
+
+def decode_frame(buf, keyring, direction: int = DIR_ANY) -> Frame:
+    """Verify and decode one unframed frame; raise WireError (and nothing else) if it is refused.
+
+    ``keyring`` is a Keyring, or a single Key (a node verifying its gateway). ``direction`` (DIR_UP on the
+    gateway, DIR_DOWN on a node) refuses types the peer may not send. Replay is checked separately
+    (ReplayWindow / Receiver), after the MAC, so forged frames cannot move a window.
+    """
+    ftype, flags, key_id, node_id, seq, ts, back, body = decode_fields(buf, keyring, direction)
+    payload = bytes(buf[HEADER_LEN : len(buf) - MAC_LEN])
     return Frame(VERSION, ftype, flags, key_id, node_id, seq, ts, back, payload, body)

@@ -63,7 +63,7 @@ from cewire.frame import (
     Key,
     Keyring,
     channel_of,
-    decode_frame,
+    decode_fields,
 )
 from cewire.replay import ReplayWindow
 
@@ -101,7 +101,7 @@ class Link:
 
     def __init__(self, uart, node_id: int, keys, outbox, on_cmd=None, on_time=None, on_link=None, clock=None,
                  window: int = 8, rto_ms: int = 2000, rto_max_ms: int = 60000, lost_ms: int = 90000,
-                 poll_ms: int = 20, ticks=None, burst: int = 2) -> None:
+                 poll_ms: int = 20, ticks=None, burst: int = 1, pace_ms: int = 0) -> None:
         self.uart = uart
         self._ticks = ticks if ticks is not None else ticks_ms  # tests pass a virtual clock
         self.node_id = node_id
@@ -122,7 +122,12 @@ class Link:
         self.rto_max = rto_max_ms
         self.lost_ms = lost_ms
         self.poll_ms = poll_ms
-        self.burst = burst if burst > 0 else 1  # frames written per poll: bounds the garbage of a backlog flush
+        # a backlog flush is bounded: at most ``burst`` frames per poll and (pace_ms > 0) telemetry frames no
+        # closer than pace_ms, so the garbage of signing, sending and acknowledging frames between two
+        # collections stays bounded; events and command acks are never paced
+        self.burst = burst if burst > 0 else 1
+        self.pace_ms = pace_ms
+        self._last_tx = 0  # ticks of the last telemetry transmission
         self._enc = Encoder(node_id, self.key)
         self._dec = StreamDecoder(MAX_FRAME)
         self._rbuf = bytearray(64)
@@ -264,8 +269,12 @@ class Link:
             if not fl:
                 self._due[ch] = None
                 continue
-            if ch == CH_BULK and self._inflight[CH_CTRL]:
-                break
+            if ch == CH_BULK:
+                if self._inflight[CH_CTRL]:
+                    break
+                if self.pace_ms and ticks_diff(now, self._last_tx) < self.pace_ms:
+                    self._dirty = True  # telemetry is paced (events never are): look again at the next poll
+                    break
             due = self._due[ch]
             if due is not None and ticks_diff(now, due) >= 0:
                 # timeout: go back N -- every in-flight frame of the channel goes again, in order
@@ -289,6 +298,8 @@ class Link:
                     self.stats["sent"] += 1
                     e[_SENT] = now
                     n += 1
+            if ch == CH_BULK and n:
+                self._last_tx = now
             if n and due is None:
                 self._due[ch] = ticks_add(now, self._jitter(self._rto[ch]))
             if n >= self.burst:
@@ -298,33 +309,33 @@ class Link:
     # --- receiving
     def _on_frame(self, mv) -> None:
         try:
-            f = decode_frame(mv, self.keyring, DIR_DOWN)
-            self._rx.check(f.seq)
+            # the fields without a Frame object or a payload copy: one fewer allocation per ACK
+            t, _, _, _, seq, _, _, body = decode_fields(mv, self.keyring, DIR_DOWN)
+            self._rx.check(seq)
         except WireError:
             self.stats["rx_bad"] += 1
             return
-        self._rx.mark(f.seq)
+        self._rx.mark(seq)
         self.stats["rx"] += 1
         self._last_rx = self._ticks()
         if not self.gateway_up:
             self.gateway_up = True
             self._resend_now()
             self._call(self.on_link, True)
-        t = f.ftype
         try:
             if t == T_ACK:
-                self.outbox.seq.accept_rx(f.seq)
-                self._on_ack(payloads.parse_ack(f.body))
+                self.outbox.seq.accept_rx(seq)
+                self._on_ack(payloads.parse_ack(body))
             elif t == T_TIME:
-                self.outbox.seq.accept_rx(f.seq)
-                s, ms, tz = payloads.parse_time(f.body)
+                self.outbox.seq.accept_rx(seq)
+                s, ms, tz = payloads.parse_time(body)
                 self._t0 = s
                 self._tick0 = ticks_add(self._ticks(), -ms)
                 self.tz_min = tz
                 self._call(self.on_time, s, ms, tz)
             elif t == T_CMD:
-                self.outbox.seq.accept_rx(f.seq, True)  # a command is executed once, even across a reboot
-                self._on_cmd(f.body)
+                self.outbox.seq.accept_rx(seq, True)  # a command is executed once, even across a reboot
+                self._on_cmd(body)
         except WireError:
             self.stats["rx_bad"] += 1
 
