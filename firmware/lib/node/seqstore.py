@@ -50,7 +50,7 @@ def read_atomic(path: str):
     return best
 
 
-def write_atomic(path: str, body: bytes, gen: int) -> None:
+def write_atomic(path: str, body, gen: int) -> None:
     """Replace ``path`` by ``body`` (generation ``gen``, which must grow) so a power cut leaves old or new."""
     tmp = path + ".tmp"
     crc = binascii.crc32(body, gen) & 0xFFFFFFFF
