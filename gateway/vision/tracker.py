@@ -62,12 +62,14 @@ class Tracker:
 
     ``min_hits``: detections before a track is reported (filters one-frame false positives);
     ``max_missed_s``: how long a track lives without detections; ``still_px``: centre movement per second
-    below which an object counts as stopped.
+    below which an object counts as stopped; ``birth_iou``: an unmatched detection overlapping a
+    same-class track matched in the same frame at least this much starts no track (1.0: always starts one).
     """
 
     def __init__(self, *, min_iou: float = 0.2, max_dist: float = 1.0, min_hits: int = 2,
-                 max_missed_s: float = 1.0, still_px_per_s: float = 8.0) -> None:
+                 max_missed_s: float = 1.0, still_px_per_s: float = 8.0, birth_iou: float = 0.3) -> None:
         self.min_iou = min_iou
+        self.birth_iou = birth_iou
         self.max_dist = max_dist
         self.min_hits = min_hits
         self.max_missed_s = max_missed_s
@@ -112,7 +114,7 @@ class Tracker:
             t.hits += 1
             updated.append(t)
         for di, d in enumerate(detections):
-            if di in used_d:
+            if di in used_d or self._second_view(d, updated):
                 continue
             t = Track(self._next_id, d.box, now, now, d.score)
             t.vote(d)
@@ -123,6 +125,27 @@ class Tracker:
         for t in ended:
             del self.tracks[t.track_id]
         return updated, ended
+
+    def _second_view(self, d: Detection, seen_now: list[Track]) -> bool:
+        """Whether an unmatched detection overlaps a same-class track matched in this frame by ``birth_iou``:
+        a second, shifted box on an object already followed (typically one partly hidden behind a passing
+        object), not a new object. Made a track of its own, it takes over from the first one and splits
+        the object's path in two, so a line crossing falls between them and is lost."""
+        if self.birth_iou >= 1.0:
+            return False
+        for t in seen_now:
+            if t.label != d.label:
+                continue
+            ix = min(t.box[2], d.box[2]) - max(t.box[0], d.box[0])
+            iy = min(t.box[3], d.box[3]) - max(t.box[1], d.box[1])
+            if ix <= 0 or iy <= 0:
+                continue
+            inter = ix * iy
+            union = ((t.box[2] - t.box[0]) * (t.box[3] - t.box[1]) + (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])
+                     - inter)
+            if inter >= self.birth_iou * union:
+                return True
+        return False
 
     def _candidates(self, tracks: list[Track], detections: list[Detection],
                     now: float) -> list[tuple[float, int, int]]:
