@@ -14,6 +14,7 @@ import numpy as np
 
 from gateway.vision.detector import Detection
 
+DIST_MIN_WIDTH = 0.5  # the distance fallback's horizontal unit: at least this share of the box height
 VOTE_DECAY = 0.95  # per detection: a label seen 14 detections ago counts half
 EDGE_VOTE = 0.3  # weight of a label seen on a box cut by the frame edge (a car's front looks like anything)
 
@@ -161,8 +162,9 @@ class Tracker:
         area_t = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
         area_d = (db[:, 2] - db[:, 0]) * (db[:, 3] - db[:, 1])
         overlap = inter / np.maximum(area_t[:, None] + area_d[None, :] - inter, 1e-9)
-        # centre distance in units of the track's size (tolerant along the direction of travel)
-        tw = np.maximum(tb[:, 2] - tb[:, 0], 1.0)[:, None]
+        # centre distance in units of the track's size (tolerant along the direction of travel); the width
+        # unit is at least half the height: a walking person's box is narrow and jitters with the stride
+        tw = np.maximum(np.maximum(tb[:, 2] - tb[:, 0], 1.0), DIST_MIN_WIDTH * (tb[:, 3] - tb[:, 1]))[:, None]
         th = np.maximum(tb[:, 3] - tb[:, 1], 1.0)[:, None]
         dx = ((db[None, :, 0] + db[None, :, 2]) - (tb[:, None, 0] + tb[:, None, 2])) / 2 / tw
         dy = ((db[None, :, 1] + db[None, :, 3]) - (tb[:, None, 1] + tb[:, None, 3])) / 2 / th
