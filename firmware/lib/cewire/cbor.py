@@ -64,6 +64,18 @@ def dump_into(out: bytearray, obj, depth: int = 0) -> None:
         # deterministic encoding (RFC 8949 §4.2.1): keys sorted by their encoded bytes, so MicroPython
         # (unordered dicts) and CPython produce the same bytes and the same MAC for the same map
         _head(out, 5, len(obj))
+        ints = True
+        for k in obj:
+            if type(k) is not int or k < 0:
+                ints = False
+                break
+        if ints:
+            # the common case (labels): for non-negative ints, encoded-bytes order is numeric order, so one
+            # sorted key list replaces a buffer, a copy and a pair per key
+            for k in sorted(obj):
+                _head(out, 0, k)
+                dump_into(out, obj[k], depth + 1)
+            return
         keyed = []
         for k, v in obj.items():
             enc = bytearray()
