@@ -136,7 +136,7 @@ class Streetlight:
         return machine.UART(cfg.get("uart", board.LINK_UART_ID), cfg.get("baud", board.LINK_BAUD),
                             tx=machine.Pin(board.LINK_TX), rx=machine.Pin(board.LINK_RX), timeout=0)
 
-    def _apply_settings(self):
+    def _apply_settings(self, faults_changed=True):
         """(Re)build everything that depends on the settings; called at boot and after a change."""
         s = self.s
         self.curve = curves.CURVE_NAMES.index(s["dimming.curve"])
@@ -144,13 +144,14 @@ class Streetlight:
         self.fader.fade_ms = int(s["dimming.fade_s"] * 1000)
         self.policy = lightsense.POLICY_NAMES.index(s["policy"])
         self.switch = lightsense.LightSwitch(s["sensor.on_lux"], s["sensor.off_lux"], s["sensor.dwell_s"])
-        thresholds = {}
-        for name, _ in faults.DEFAULTS:
-            thresholds[name] = s["faults." + name]
         old = getattr(self, "faults", None)
-        self.faults = faults.Faults(**thresholds)
-        if old is not None:
-            self.faults.active[:] = old.active  # keep what is raised: no second raise, a clear still comes
+        if old is None or faults_changed:
+            thresholds = {}
+            for name, _ in faults.DEFAULTS:
+                thresholds[name] = s["faults." + name]
+            self.faults = faults.Faults(**thresholds)
+            if old is not None:
+                self.faults.active[:] = old.active  # keep what is raised: no second raise, a clear still comes
         self._rebuild_schedule()
         if s["pir.enabled"] and self.pir is None:
             self.pir = machine.Pin(board.PIN_PIR, machine.Pin.IN)
@@ -256,8 +257,14 @@ class Streetlight:
             except config.ConfigError as e:
                 return (P.CS_INVALID, ("%s: %s" % (e.key, e.problem))[:40])
             config.save_json(self.settings_path, raw)
+            # the fault detector (and its timers) is rebuilt only when a threshold changed
+            old = self.s
+            faults_changed = False
+            for key in values:
+                if key.startswith("faults.") and values[key] != old[key]:
+                    faults_changed = True
             self.s, self.raw = values, raw
-            self._apply_settings()
+            self._apply_settings(faults_changed)
             if op == "program" or "programs" in changes or "calendar" in changes:
                 self.event(codes.PROGRAM_CHANGED, P.EV_INFO)
             self.control_step()

@@ -132,9 +132,8 @@ def merge(raw, changes, path=PATH):
                 node[part] = nxt
             node = nxt
         node[parts[-1]] = changes[key]
-    known = [entry[0] for entry in SCHEMA]
     for key in changes:
-        if key not in known:
+        if not config.is_known(SCHEMA, key):
             raise config.ConfigError(path, key, "unknown setting")
     values = config.validate(path, new, SCHEMA, strict=True, log=lambda m: None)
     return _finish(values, path, None, [], True), new

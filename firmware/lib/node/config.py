@@ -91,22 +91,35 @@ def read_json(path, required=False):
 
 
 def _lookup(data, dotted):
+    # walks the dotted path without splitting it into a list (validation runs on every settings change)
     node = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
+    i = 0
+    while True:
+        j = dotted.find(".", i)
+        if not isinstance(node, dict):
+            return False, None
+        part = dotted if i == 0 and j < 0 else dotted[i:j] if j >= 0 else dotted[i:]
+        if part not in node:
             return False, None
         node = node[part]
-    return True, node
+        if j < 0:
+            return True, node
+        i = j + 1
+
+
+def _one_kind_ok(k, value):
+    if isinstance(value, bool):
+        return k is bool
+    if k is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, k)
 
 
 def _kind_ok(kind, value):
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    for k in kinds:
-        if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if k is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if k is not float and k is not int and isinstance(value, k):
+    if not isinstance(kind, tuple):
+        return _one_kind_ok(kind, value)
+    for k in kind:
+        if _one_kind_ok(k, value):
             return True
     return False
 
@@ -122,7 +135,7 @@ def _check(kind, check, value):
     """The value to use, or raise ValueError saying what is wrong."""
     if not _kind_ok(kind, value):
         raise ValueError("must be " + _kind_name(kind))
-    if kind is float:
+    if kind is float and not isinstance(value, float):
         value = float(value)
     if check is None:
         return value
@@ -138,14 +151,30 @@ def _check(kind, check, value):
     return value
 
 
+def is_known(schema, key):
+    """True if ``key`` (dotted) is a key of ``schema``."""
+    for entry in schema:
+        if entry[0] == key:
+            return True
+    return False
+
+
+def _is_prefix(schema, key):
+    n = len(key)
+    for entry in schema:
+        k = entry[0]
+        if len(k) > n and k[n] == "." and k.startswith(key):
+            return True
+    return False
+
+
 def _unknown(data, schema, prefix=""):
-    known = [entry[0] for entry in schema]
     out = []
     for name in data:
-        key = prefix + name
-        if key in known:
+        key = prefix + name if prefix else name
+        if is_known(schema, key):
             continue
-        if isinstance(data[name], dict) and any(k.startswith(key + ".") for k in known):
+        if isinstance(data[name], dict) and _is_prefix(schema, key):
             out.extend(_unknown(data[name], schema, key + "."))
         else:
             out.append(key)
