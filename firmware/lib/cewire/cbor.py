@@ -21,12 +21,16 @@ def _head(out: bytearray, major: int, n: int) -> None:
     elif n < 0x100:
         out.append(mt | 24)
         out.append(n)
-    elif n < 0x10000:
+    elif n < 0x10000:  # byte by byte: no temporary bytes object per value
         out.append(mt | 25)
-        out.extend(struct.pack(">H", n))
+        out.append(n >> 8)
+        out.append(n & 0xFF)
     elif n < 0x100000000:
         out.append(mt | 26)
-        out.extend(struct.pack(">I", n))
+        out.append(n >> 24)
+        out.append((n >> 16) & 0xFF)
+        out.append((n >> 8) & 0xFF)
+        out.append(n & 0xFF)
     elif n < 0x10000000000000000:
         out.append(mt | 27)
         out.extend(struct.pack(">Q", n))
