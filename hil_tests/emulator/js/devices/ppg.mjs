@@ -16,6 +16,7 @@
 // writes little-endian int32 pairs (red, ir) to stdout.
 
 import { fileURLToPath } from 'node:url';
+import { mulberry32 } from '../rng.mjs';
 
 export function rForSpo2(spo2) { return (110 - spo2) / 25; }
 
@@ -30,18 +31,6 @@ const SHAPE = (() => {
   return Float64Array.from(raw, (v) => (v - lo) / (hi - lo));
 })();
 
-// mulberry32: a small seedable PRNG (Math.random cannot be seeded)
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export const DEFAULTS = Object.freeze({
   hr_bpm: 75, spo2: 97, perfusion_pct: 2.0, noise_counts: 25, wander: 0.5, resp_hz: 0.25, hrv: 0.02,
   dc_ir: 120000, dc_red: 95000, adc_bits: 18, seed: 1, probe_on: true, ambient_counts: 600,
@@ -52,7 +41,7 @@ export class PpgSignal {
   constructor(params = {}) {
     this.p = { ...DEFAULTS };
     this.set(params);
-    this.rand = rng(this.p.seed);
+    this.rand = mulberry32(this.p.seed);
     this.phase = this.rand();
     this.spare = null;
   }
