@@ -28,6 +28,23 @@ class CaptureError(OSError):
     """A source that cannot be opened (camera absent, stream unreachable, unreadable file)."""
 
 
+class _Pacer:
+    """Sleeps so that successive ``wait()`` calls return at most ``fps`` times a second (0: no pacing)."""
+
+    def __init__(self, fps: float) -> None:
+        self._period = 1.0 / fps if fps > 0 else 0.0
+        self._next = time.monotonic()
+
+    def wait(self) -> None:
+        if not self._period:
+            return
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        # a consumer that fell behind catches up by at most one period, never by a burst
+        self._next = max(self._next + self._period, time.monotonic() - self._period)
+
+
 class OpenCVSource:
     """``cv2.VideoCapture`` on a device, URL or file. ``pace_fps`` > 0 plays files in real time."""
 
@@ -46,16 +63,11 @@ class OpenCVSource:
         if not self._is_file:
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # live sources: keep only the newest frame
         self._cap = cap
-        self._pace = 1.0 / pace_fps if (pace_fps > 0 and self._is_file) else 0.0
+        self._pacer = _Pacer(pace_fps if self._is_file else 0.0)
         self._loop = loop and self._is_file
-        self._next = time.monotonic()
 
     def read(self) -> np.ndarray | None:
-        if self._pace:
-            delay = self._next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            self._next = max(self._next + self._pace, time.monotonic() - self._pace)
+        self._pacer.wait()
         ok, frame = self._cap.read()
         if not ok and self._loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -72,16 +84,11 @@ class ArraySource:
     def __init__(self, frames: Sequence[np.ndarray], *, pace_fps: float = 0.0, loop: bool = False) -> None:
         self._frames = frames
         self._it: Iterator[np.ndarray] = iter(frames)
-        self._pace = 1.0 / pace_fps if pace_fps > 0 else 0.0
+        self._pacer = _Pacer(pace_fps)
         self._loop = loop
-        self._next = time.monotonic()
 
     def read(self) -> np.ndarray | None:
-        if self._pace:
-            delay = self._next - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            self._next = max(self._next + self._pace, time.monotonic() - self._pace)
+        self._pacer.wait()
         frame = next(self._it, None)
         if frame is None and self._loop and len(self._frames):
             self._it = iter(self._frames)
