@@ -28,7 +28,7 @@ SETTINGS_PATH = "/medical.json"
 CAPS = ("spo2", "pr", "temp", "battery", "alarms", "iec60601-1-8")
 # a vitals backlog (after an outage) goes out one frame per LINK_PACE_MS: the garbage of signing and
 # acknowledging frames stays within the 1 s collection period; alarms are never paced (node.link)
-LINK_PACE_MS = const(400)
+LINK_PACE_MS = const(500)
 
 _S_ACQ = const(0)
 _S_SEC = const(1)

@@ -16,7 +16,9 @@ always before channel 1 (DATA), at most ``window`` frames in flight per channel,
 doubling timeout (``rto_ms`` .. ``rto_max_ms``, ±25 % jitter) until a cumulative ACK covers them.
 Gateway frames (ACK, CMD, TIME) are verified (MAC, node id, replay window) before anything is done.
 ``on_link(False)`` is called after ``lost_ms`` without a valid gateway frame, ``on_link(True)`` when one
-arrives again.
+arrives again. RAM: one poll writes at most ``burst`` frames (default 8, the window) and, with ``pace_ms`` > 0,
+telemetry goes out one frame per ``pace_ms`` (events and command acks are never paced), so flushing a
+backlog after an outage makes a bounded amount of garbage per collection period instead of a burst.
 """
 
 import random
@@ -101,7 +103,7 @@ class Link:
 
     def __init__(self, uart, node_id: int, keys, outbox, on_cmd=None, on_time=None, on_link=None, clock=None,
                  window: int = 8, rto_ms: int = 2000, rto_max_ms: int = 60000, lost_ms: int = 90000,
-                 poll_ms: int = 20, ticks=None, burst: int = 1, pace_ms: int = 0) -> None:
+                 poll_ms: int = 20, ticks=None, burst: int = 8, pace_ms: int = 0) -> None:
         self.uart = uart
         self._ticks = ticks if ticks is not None else ticks_ms  # tests pass a virtual clock
         self.node_id = node_id
@@ -122,8 +124,8 @@ class Link:
         self.rto_max = rto_max_ms
         self.lost_ms = lost_ms
         self.poll_ms = poll_ms
-        # a backlog flush is bounded: at most ``burst`` frames per poll and (pace_ms > 0) telemetry frames no
-        # closer than pace_ms, so the garbage of signing, sending and acknowledging frames between two
+        # a backlog flush is bounded: at most ``burst`` frames per poll and (pace_ms > 0) one telemetry frame
+        # per pace_ms, so the garbage of signing, sending and acknowledging frames between two
         # collections stays bounded; events and command acks are never paced
         self.burst = burst if burst > 0 else 1
         self.pace_ms = pace_ms
@@ -286,12 +288,13 @@ class Link:
                         self.stats["retx"] += 1
                 due = self._due[ch] = None
             base = fl[0][_SEQ]
+            limit = n + 1 if ch == CH_BULK and self.pace_ms else self.burst  # paced: one telemetry frame
             for e in fl:
                 seq = e[_SEQ]
                 if seq - base >= _SPAN:
                     break
                 if e[_SENT] is None:
-                    if n >= self.burst:
+                    if n >= limit:
                         self._dirty = True  # the rest goes at the next poll
                         break
                     self.uart.write(self._enc.stream(e[_TYPE], seq, e[_TS], e[_PAYLOAD], e[_PRIO], seq - base))
@@ -302,7 +305,7 @@ class Link:
                 self._last_tx = now
             if n and due is None:
                 self._due[ch] = ticks_add(now, self._jitter(self._rto[ch]))
-            if n >= self.burst:
+            if n >= limit:
                 break
         return n
 
