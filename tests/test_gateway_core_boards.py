@@ -10,15 +10,12 @@ import asyncio
 import json
 from pathlib import Path
 
-import pytest
-
 from cityedge.firmware_files import install_into
 from cityedge.manifest import provision
 from gateway.agent import Agent
 from gateway.commands import CommandRequest, CommandStatus
 from gateway.config import load_config
-
-EmulatedBoard = pytest.importorskip("hil_tests.emulator.board").EmulatedBoard
+from hil_tests.emulator.board import EmulatedBoard
 
 
 async def test_commands_reach_the_real_firmware_and_come_back_acknowledged(tmp_path: Path) -> None:

@@ -64,7 +64,10 @@ def test_systemd_unit_is_notify_watchdog_hardened() -> None:
     assert svc["Restart"] == "always"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="needs systemd (systemd-analyze): this machine has none, a gateway box always does",
+)
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     exe = tmp_path / "cityedge"
     exe.write_text("#!/bin/sh\n")
