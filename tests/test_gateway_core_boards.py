@@ -51,6 +51,11 @@ async def test_commands_reach_the_real_firmware_and_come_back_acknowledged(tmp_p
             bad = await agent.router.submit(CommandRequest("t-bad", 301, "override", {"kind": "x"}, timeout_s=10))
             assert bad.status is CommandStatus.REJECTED and bad.result == {"text": "kind"}
             assert agent.ingest is not None and agent.ingest.stats.rejected == {}
+            # the router hears a CMD_ACK as it arrives; ingest counts it once its batch is durable
+            for _ in range(100):
+                if agent.ingest.stats.accepted >= 4:
+                    break
+                await asyncio.sleep(0.02)
             assert agent.ingest.stats.accepted >= 4  # HELLO, the override event, three CMD_ACKs
         finally:
             stop.set()
