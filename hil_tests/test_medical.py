@@ -70,7 +70,7 @@ def _until(board: EmulatedBoard, gw: MedicalGateway, pred: Callable[[], list[Any
         got = pred()
         if got:
             return got
-    raise AssertionError(f"not within {limit_s} s")
+    raise AssertionError(f"not within {limit_s} s; board serial log (tail):\n{board.serial_log[-2000:]}")
 
 
 def _normal(board: EmulatedBoard, gw: MedicalGateway) -> None:

@@ -74,6 +74,7 @@ class GatewaySim:
         self.k = cewire.Key(self.key, self.key_id)
         self.seq = 0
         self.duplicates = 0
+        self.read_errors = 0
         self.clock = 0.0  # board time (Unix s) for TIME/CMD stamps, set by run()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -92,7 +93,10 @@ class GatewaySim:
             try:
                 data = self.ser.read(4096)
             except (OSError, serial.SerialException):
-                return
+                # a board reset can make one read fail; a gateway keeps reading (close() sets _stop)
+                self.read_errors += 1
+                self._stop.wait(0.01)
+                continue
             if data and self.online:
                 self._handle(data)
 
