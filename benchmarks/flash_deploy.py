@@ -1,6 +1,6 @@
 """Flashing benchmark: deploy time and bytes on the wire, redeploy with nothing changed, one board vs ten.
 
-Runs against emulated boards (MicroPython 1.27 WebAssembly VM behind a pty; hil_tests/README.md), so the
+Runs against emulated boards (MicroPython 1.29 WebAssembly VM behind a pty; hil_tests/README.md), so the
 times are those of a 115200-baud-free pty: on a real board at 115200 baud, bytes on the wire dominate,
 which is why ``wire_bytes_per_byte`` is the figure to compare across machines.
 

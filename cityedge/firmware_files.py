@@ -16,9 +16,15 @@ and changes rarely. Relative to the board's flash root:
         lib/<pkg>/...           firmware/lib/<pkg>/ (shared node libraries: cewire, node, drivers)
         lib/<role>/...          firmware/apps/<role>/ (the app package; ``<role>.main()`` is a coroutine)
         app.json                the slot's own manifest, written last: role, version, {path: [size, sha256]}
+    /rom/                     the ROMFS partition (layout "romfs", slot name ``rom``): the same files as a
+                              slot, compiled to .mpy, in a read-only image MicroPython mounts at boot; its
+                              bytecode runs in place from flash instead of being copied into the heap
 
 A slot without a valid ``app.json`` is incomplete and never booted. ``install_into`` lays out a board
 with the app in slot ``a``, active and confirmed, as a freshly flashed node would be.
+
+Two layouts (``LAYOUTS``): ``files`` puts the app into the free slot ``a``/``b`` of the filesystem; ``romfs``
+puts it into the ROM partition (``romfs_image`` builds the image). The files outside the slots are the same.
 """
 
 from __future__ import annotations
@@ -34,7 +40,12 @@ from cityedge.paths import FIRMWARE
 
 ROLES: tuple[str, ...] = ("streetlight", "medical", "bare")
 DEFAULT_BOARD = "esp32_devkit"
-SLOTS: tuple[str, ...] = ("a", "b")
+SLOTS: tuple[str, ...] = ("a", "b")  # the filesystem slots
+ROM_SLOT = "rom"  # the ROMFS partition as an app source (bootmgr treats it like a slot)
+ROM_DIR = "/rom"  # where MicroPython mounts the ROMFS partition
+APP_SOURCES: tuple[str, ...] = (*SLOTS, ROM_SLOT)
+LAYOUTS: tuple[str, ...] = ("files", "romfs")
+ROMFS_HEADER = b"\xd2\xcd\x31"  # the first bytes of a ROMFS image
 BOOT_STATE = "/boot.json"
 NODE_CONFIG = "/node.json"
 SLOT_MANIFEST = "app.json"
@@ -50,7 +61,9 @@ class UnknownRoleError(CityedgeError):
 
 
 def slot_dir(slot: str) -> str:
-    """Board directory of an app slot: ``/app_a`` or ``/app_b``."""
+    """Board directory of an app slot: ``/app_a``, ``/app_b`` or ``/rom`` (the ROMFS partition)."""
+    if slot == ROM_SLOT:
+        return ROM_DIR
     if slot not in SLOTS:
         raise ValueError(f"unknown slot {slot!r}")
     return f"/app_{slot}"
@@ -113,17 +126,63 @@ def slot_manifest(role: str, files: Mapping[str, bytes], *, mpy: int | None) -> 
     return {"role": role, "version": f"{__version__}+{digest[:10]}", "mpy": mpy, "files": entries}
 
 
+def manifest_bytes(manifest: Mapping[str, object]) -> bytes:
+    """An ``app.json`` as written to a board (compact, keys sorted: the same manifest gives the same bytes)."""
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def romfs_image(role: str, files: Mapping[str, bytes], *, mpy: int | None) -> bytes:
+    """The ROMFS image of an app: ``files`` (slot-relative path such as ``lib/cewire/frame.mpy`` → content as
+    deployed) plus their ``app.json``, in MicroPython's ROMFS format (mpremote's writer). Deterministic: the
+    same files give the same bytes, so a redeploy can tell that nothing changed."""
+    from mpremote.romfs import VfsRomWriter
+
+    tree: dict[str, object] = {}
+    for rel, data in {**files, SLOT_MANIFEST: manifest_bytes(slot_manifest(role, files, mpy=mpy))}.items():
+        *dirs, name = rel.split("/")
+        node = tree
+        for d in dirs:
+            sub = node.setdefault(d, {})
+            assert isinstance(sub, dict), f"{rel}: {d} is a file"
+            node = sub
+        node[name] = data
+    rom = VfsRomWriter()
+
+    def add(node: dict[str, object]) -> None:
+        for name in sorted(node):
+            entry = node[name]
+            if isinstance(entry, dict):
+                rom.opendir(name)
+                add(entry)
+                rom.closedir()
+            else:
+                assert isinstance(entry, bytes)
+                rom.mkfile(name, entry)
+
+    add(tree)
+    return bytes(rom.finalise())
+
+
 def boot_state(active: str, role: str, *, previous: str | None = None, trial: bool = False) -> dict:
     """A ``/boot.json``: ``trial`` means the active app has not yet proven that it boots."""
     return {"active": active, "previous": previous, "role": role, "trial": trial, "tries": 0,
             "max_tries": MAX_TRIES, "rollback": None}
 
 
-def install_into(flash_dir: Path, role: str, board: str = DEFAULT_BOARD) -> list[str]:
+def install_into(flash_dir: Path, role: str, board: str = DEFAULT_BOARD, *, layout: str = "files") -> list[str]:
     """Lay out a board for ``role`` in a host folder that backs an emulated flash (sources, slot ``a``).
 
-    Returns the board paths written. ``/node.json`` is not written (that is provisioning).
+    With ``layout="romfs"`` only the files outside the slots are written and ``/boot.json`` names ``rom``
+    active: the caller puts the app's ROMFS image into the board's ROM partition. Returns the board paths
+    written. ``/node.json`` is not written (that is provisioning).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}")
+    if layout == "romfs":
+        for board_path, src in fixed_files(role, board).items():
+            _write(flash_dir, board_path, src.read_bytes())
+        _write(flash_dir, BOOT_STATE, json.dumps(boot_state(ROM_SLOT, role)).encode())
+        return [*fixed_files(role, board), BOOT_STATE]
     written = []
     slot_files: dict[str, bytes] = {}
     base = slot_dir("a")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from hil_tests.emulator.board import Board, BoardError, EmulatedBoard, Peripherals
+from hil_tests.emulator.board import DEFAULT_ROM_KB, Board, BoardError, EmulatedBoard, Peripherals, rom_image_path
 
 _ACTIVE: list[Any] = []  # boards alive now (for failure reports)
 
@@ -46,7 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "board(role='bare', virtual_time=False, flash=None): board strategy")
+    config.addinivalue_line(
+        "markers", "board(role='bare', virtual_time=False, flash=None, rom_kb=256, layout='files'): board strategy"
+    )
 
 
 @dataclass
@@ -149,16 +151,24 @@ def _start_board(opts: dict[str, Any], name: str = "board0") -> EmulatedBoard:
     tmp = Path(tempfile.mkdtemp(prefix=f"cityedge-{name}-"))
     if flash is not None:  # strategy "given flash folder": boot a copy, the original stays as it was
         shutil.copytree(flash, tmp / "flash")
+        if rom_image_path(flash).exists():  # its ROM partition too
+            shutil.copyfile(rom_image_path(flash), rom_image_path(tmp / "flash"))
         role = None
     else:  # strategy "fresh flash with the app deployed"
         role = opts.get("role", "bare")
-    board = EmulatedBoard(
-        tmp / "flash",
-        role=role,
-        virtual_time=opts.get("virtual_time", False),
-        name=name,
-        start_time=opts.get("start_time"),
-    )
+    try:
+        board = EmulatedBoard(
+            tmp / "flash",
+            role=role,
+            virtual_time=opts.get("virtual_time", False),
+            name=name,
+            start_time=opts.get("start_time"),
+            rom_kb=opts.get("rom_kb", DEFAULT_ROM_KB),
+            layout=opts.get("layout", "files"),
+        )
+    except BaseException:  # e.g. an app image that does not fit the ROM partition: nothing to stop
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     board._tmp_root = tmp  # type: ignore[attr-defined]
     board.__enter__()
     _ACTIVE.append(board)

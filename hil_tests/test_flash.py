@@ -4,7 +4,7 @@ failed boot, power cut at many points of a deploy, and a batch of ten boards thr
 The app deployed here is a small test app (role ``medical``: a package whose ``main()`` prints its version,
 sends a signed HELLO on the link UART with the provisioned key, and has a ``selftest()``), beside the real
 shared libraries (cewire, node, drivers), so that a broken and a working build can be told apart on the
-console. The boards are emulated (MicroPython 1.27 WebAssembly VM behind a pty, see hil_tests/README.md).
+console. The boards are emulated (MicroPython 1.29 WebAssembly VM behind a pty, see hil_tests/README.md).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ VERSION = {version!r}
 def _hello():
     from machine import UART
     import board
-    from cewire.cobs import cobs_encode
-    from cewire.frame import CH_CTRL, T_HELLO, encode_frame, flags_for
+    from cewire.host import cobs_encode, encode_frame
+    from cewire.frame import CH_CTRL, T_HELLO, flags_for
 
     with open('/node.json') as f:
         cfg = json.loads(f.read())
@@ -128,7 +128,7 @@ def test_deploy_provision_hello_selftest_then_unchanged(work: Path, board: Emula
     rec = load_manifest(work / "nodes.json").get(1001)
     assert rec is not None and rec.key_id == 1 and rec.chip_id == r["chip_id"]
     entry = ledger.read(work / "ledger.jsonl")[-1]
-    assert entry["result"] == "ok" and entry["chip_id"] == r["chip_id"] and entry["micropython"] == "1.27.0"
+    assert entry["result"] == "ok" and entry["chip_id"] == r["chip_id"] and entry["micropython"] == "1.29.0"
     assert entry["app"]["version"] == r["app"]["version"]
     assert f"/app_{r['app']['slot']}/lib/medical/__init__.mpy" in entry["hashes"]
     assert rec.key.hex() not in (work / "ledger.jsonl").read_text()  # never a key in the ledger

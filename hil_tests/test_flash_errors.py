@@ -2,7 +2,7 @@
 the documented exit code, never a traceback.
 
 Not producible here, and proven by unit tests instead (tests/test_flash_tool.py): a board with an older
-MicroPython (.mpy v5) — the WebAssembly VM is MicroPython 1.27 (.mpy v6.3); a real ESP32 ROM bootloader
+MicroPython (.mpy v5) — the WebAssembly VM is MicroPython 1.29 (.mpy v6.3); a real ESP32 ROM bootloader
 in download mode, and a real RP2040 BOOTSEL drive — no such hardware is attached.
 """
 

@@ -11,7 +11,7 @@ from hil_tests.emulator.runner import MicroPythonError, MicroPythonSession, run_
 
 def test_runs_on_micropython_not_cpython() -> None:
     res = run_micropython("import sys\nprint(sys.implementation.name, sys.implementation.version[:2])").check()
-    assert res.stdout == "micropython (1, 27)\n"
+    assert res.stdout == "micropython (1, 29)\n"
 
 
 def test_exception_comes_back_as_the_vm_traceback() -> None:

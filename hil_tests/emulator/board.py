@@ -39,6 +39,7 @@ HOST_JS = Path(__file__).resolve().parent / "js" / "host.mjs"
 GLUE_DIR = Path(__file__).resolve().parent / "mpy"
 MICROPYTHON_MJS = NODE_MODULES / "@micropython" / "micropython-webassembly-pyscript" / "micropython.mjs"
 DEFAULT_BOARD = "esp32_devkit"
+DEFAULT_ROM_KB = 256  # ROM partition (ROMFS) of an emulated board; 0 = firmware without ROMFS
 _CONST = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*const\(\s*(0x[0-9a-fA-F_]+|-?[0-9_]+)\s*\)", re.M)
 
 
@@ -89,6 +90,12 @@ class BoardSpec:
     devices: list[dict[str, Any]] | None = None  # None: default_devices(pin_map(board))
     seed: int = 1  # link fault randomness
     powered: bool = True
+    rom_kb: int = DEFAULT_ROM_KB  # size of the ROMFS partition; 0: the firmware has none (no vfs.rom_ioctl)
+
+    @property
+    def rom_image(self) -> Path:
+        """The host file holding the ROM partition (beside the flash folder, invisible to the board)."""
+        return rom_image_path(self.flash_dir)
 
     def to_config(self, repl_fd: int, link_fd: int) -> dict[str, Any]:
         pins = pin_map(self.board)
@@ -106,7 +113,15 @@ class BoardSpec:
             "devices": self.devices if self.devices is not None else default_devices(pins),
             "seed": self.seed,
             "power": self.powered,
+            "rom_size": max(0, int(self.rom_kb)) * 1024,
+            "rom_image": str(self.rom_image.resolve()),
         }
+
+
+def rom_image_path(flash_dir: Path | str) -> Path:
+    """Where the ROM partition of the board whose flash folder is ``flash_dir`` lives: ``<flash_dir>.rom``."""
+    flash = Path(flash_dir)
+    return flash.with_name(flash.name + ".rom")
 
 
 def compiled_glue() -> Path:
@@ -361,6 +376,16 @@ class Board:
     def flash_dir(self) -> Path:
         return Path(self.spec.flash_dir)
 
+    @property
+    def rom_image(self) -> bytes:
+        """The ROM partition as written so far (``b""`` when never written or the board has none)."""
+        if not self.spec.rom_kb:
+            return b""
+        try:
+            return self.spec.rom_image.read_bytes()[: self.spec.rom_kb * 1024]
+        except FileNotFoundError:
+            return b""
+
     # ---- serial ------------------------------------------------------------------------------------
     @property
     def serial_log(self) -> str:
@@ -464,7 +489,8 @@ class EmulatedBoard(Board):
     """One emulated board with its own host process; a context manager.
 
     ``role`` installs that app's flash image (``cityedge.firmware_files.install_into``) into ``flash_dir``
-    first; ``role=None`` boots ``flash_dir`` as it is.
+    first; ``role=None`` boots ``flash_dir`` as it is. ``layout="romfs"`` puts the app into the ROM
+    partition instead (``rom_kb`` > 0), as ``cityedge flash deploy --layout romfs`` would.
     """
 
     def __init__(
@@ -478,6 +504,8 @@ class EmulatedBoard(Board):
         board: str = DEFAULT_BOARD,
         devices: list[dict[str, Any]] | None = None,
         seed: int = 1,
+        rom_kb: int = DEFAULT_ROM_KB,
+        layout: str = "files",
     ) -> None:
         spec = BoardSpec(
             Path(flash_dir),
@@ -487,8 +515,9 @@ class EmulatedBoard(Board):
             board=board,
             devices=devices,
             seed=seed,
+            rom_kb=rom_kb,
         )
-        prepare_flash(spec.flash_dir, role, board)
+        prepare_flash(spec.flash_dir, role, board, layout=layout, rom_kb=rom_kb)
         self._own_host = BoardHost([spec])
         self._started = False
         self.role = role
@@ -509,14 +538,34 @@ class EmulatedBoard(Board):
         self._own_host.close()
 
 
-def prepare_flash(flash_dir: Path, role: str | None, board: str = DEFAULT_BOARD) -> None:
-    """Put ``role``'s app image into ``flash_dir`` (nothing for ``role=None``: use the folder as it is)."""
+def prepare_flash(
+    flash_dir: Path,
+    role: str | None,
+    board: str = DEFAULT_BOARD,
+    *,
+    layout: str = "files",
+    rom_kb: int = DEFAULT_ROM_KB,
+) -> None:
+    """Put ``role``'s app image into ``flash_dir`` (nothing for ``role=None``: use the folder as it is).
+
+    ``layout="romfs"``: the app goes into the board's ROM partition as the flashing tool's ROMFS image
+    (compiled for .mpy v6), the files outside the slots into ``flash_dir``; ``/boot.json`` names ``rom``."""
     flash_dir.mkdir(parents=True, exist_ok=True)
     if role is None:
         return
     from cityedge.firmware_files import install_into
 
-    install_into(flash_dir, role, board)
+    if layout == "romfs":
+        from tools.flash.romfs import build_romfs
+
+        image = build_romfs(role, board)
+        if len(image) > rom_kb * 1024:
+            raise BoardError(
+                f"the {role} app's ROMFS image ({len(image)} bytes) does not fit a {rom_kb} KiB ROM partition",
+                hint="give a larger rom_kb, or layout='files'",
+            )
+        rom_image_path(flash_dir).write_bytes(image)
+    install_into(flash_dir, role, board, layout=layout)
 
 
 class BoardFarm:
@@ -541,11 +590,15 @@ class BoardFarm:
         virtual_time: bool = False,
         per_process: int = 50,
         prefix: str = "node",
+        rom_kb: int = DEFAULT_ROM_KB,
+        layout: str = "files",
     ) -> BoardFarm:
         specs = []
         for i in range(count):
-            spec = BoardSpec(root / f"{prefix}{i}", name=f"{prefix}{i}", virtual_time=virtual_time, seed=i + 1)
-            prepare_flash(spec.flash_dir, role)
+            spec = BoardSpec(
+                root / f"{prefix}{i}", name=f"{prefix}{i}", virtual_time=virtual_time, seed=i + 1, rom_kb=rom_kb
+            )
+            prepare_flash(spec.flash_dir, role, layout=layout, rom_kb=rom_kb)
             specs.append(spec)
         return cls(specs, per_process=per_process)
 

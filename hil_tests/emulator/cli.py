@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cityedge.errors import CityedgeError
-from cityedge.firmware_files import ROLES
-from hil_tests.emulator.board import BoardError, EmulatedBoard
+from cityedge.firmware_files import LAYOUTS, ROLES
+from hil_tests.emulator.board import DEFAULT_ROM_KB, BoardError, EmulatedBoard
 
 
 def register(subparsers: Any) -> None:
@@ -25,7 +25,11 @@ def register(subparsers: Any) -> None:
     start.add_argument("--flash", type=Path, required=True, help="host folder that backs the board's flash")
     start.add_argument("--keep-flash", action="store_true", help="boot the flash folder as it is (no install)")
     start.add_argument("--virtual-time", action="store_true", help="run on a host-advanced clock")
+    start.add_argument("--layout", choices=LAYOUTS, default="files",
+                       help="where the app goes: files (slot a on the flash) or romfs (the ROM partition)")
     start.add_argument("--name", default="board0", help="board name (also seeds its unique_id)")
+    start.add_argument("--rom-kb", type=int, default=DEFAULT_ROM_KB, metavar="N",
+                       help=f"ROMFS partition size in KiB (default {DEFAULT_ROM_KB}; 0: firmware without ROMFS)")
     start.set_defaults(func=_start)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
@@ -80,7 +84,10 @@ def _start(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     role = None if args.keep_flash else args.role
     try:
-        board = EmulatedBoard(args.flash, role=role, virtual_time=args.virtual_time, name=args.name)
+        if args.rom_kb < 0:
+            raise CityedgeError("--rom-kb must be 0 or more", exit_code=2)
+        board = EmulatedBoard(args.flash, role=role, virtual_time=args.virtual_time, name=args.name,
+                              rom_kb=args.rom_kb, layout=args.layout)
         with board:
             mode = board.wait_booted(timeout=30)
             info = {
@@ -90,6 +97,9 @@ def _start(args: argparse.Namespace) -> int:
                 "role": args.role if role else None,
                 "flash": str(Path(args.flash).resolve()),
                 "virtual_time": args.virtual_time,
+                "rom_kb": args.rom_kb,
+                "layout": args.layout if role else None,
+                "rom_image": str(board.spec.rom_image.resolve()) if args.rom_kb else None,
                 "mode": mode,
                 "pid": board.host.pid,
             }

@@ -107,14 +107,18 @@ class MicroPythonSession:
     Use as a context manager; each :meth:`run` returns an :class:`MpyResult`.
     """
 
-    def __init__(self, mounts: Mapping[Path | str, str] | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self, mounts: Mapping[Path | str, str] | None = None, timeout: float = 60.0, romfs: Path | None = None
+    ) -> None:
+        """``romfs``: a ROMFS image file the VM gets as its ROM partition (mounted at ``/rom``)."""
         self._mounts = mounts
+        self._romfs = romfs
         self._timeout = timeout
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> MicroPythonSession:
         self._proc = subprocess.Popen(
-            [node_executable(), str(RUN_JS), "--session"],
+            [node_executable(), str(RUN_JS), "--session", *(["--romfs", str(self._romfs)] if self._romfs else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

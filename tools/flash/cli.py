@@ -2,6 +2,8 @@
 
     cityedge flash list [--probe]
     cityedge flash deploy --role streetlight --node-id 1001 --site harbour --lat 53.54 --lon 9.98 [PORT ...]
+    cityedge flash deploy --layout romfs ...      (the app in the board's ROM partition)
+    cityedge flash romfs build --role streetlight -o app.romfs
     cityedge flash status PORT
     cityedge flash exit-codes
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cityedge.errors import CityedgeError
-from cityedge.firmware_files import DEFAULT_BOARD, MAX_TRIES, ROLES, UnknownRoleError
+from cityedge.firmware_files import DEFAULT_BOARD, LAYOUTS, MAX_TRIES, ROLES, UnknownRoleError
 from cityedge.manifest import LINK_KINDS
 from cityedge.paths import FIRMWARE
 from tools.flash import ledger
@@ -67,6 +69,9 @@ def register(subparsers: Any) -> None:
     d.add_argument("--no-verify", action="store_true", help="do not reboot and verify")
     d.add_argument("--no-selftest", action="store_true", help="skip the role's self-test")
     d.add_argument("--boot-timeout", type=float, default=20.0, help="seconds to wait for the node to come up")
+    d.add_argument("--layout", choices=LAYOUTS, default="files",
+                   help="files: the A/B slots on the filesystem (default); romfs: the board's ROM partition, "
+                   "whose .mpy run in place (far less RAM; needs a ROMFS-enabled MicroPython)")
     d.add_argument("--source", action="store_true", help="deploy .py sources instead of compiled .mpy")
     d.add_argument("--tree", type=Path, default=FIRMWARE, help="firmware tree to deploy (default: the project's)")
     d.add_argument("--board", default=DEFAULT_BOARD, help="pin map (firmware/boards/<board>.py)")
@@ -78,6 +83,18 @@ def register(subparsers: Any) -> None:
     d.add_argument("--chip", help="ESP32 chip for --firmware (default: detect)")
     d.add_argument("--json", action="store_true", help="print the results as JSON")
     d.set_defaults(func=cmd_deploy)
+
+    rf = sub.add_parser("romfs", help="ROMFS images of the app (the romfs layout)")
+    rsub = rf.add_subparsers(dest="romfs_command", metavar="ACTION")
+    rb = rsub.add_parser("build", help="build the ROMFS image --layout romfs deploys, into a file")
+    rb.add_argument("--role", required=True, help=f"the node's role: {', '.join(ROLES)}")
+    rb.add_argument("-o", "--output", type=Path, required=True, help="image file to write")
+    rb.add_argument("--board", default=DEFAULT_BOARD, help="pin map (firmware/boards/<board>.py)")
+    rb.add_argument("--tree", type=Path, default=FIRMWARE, help="firmware tree (default: the project's)")
+    rb.add_argument("--mpy", type=int, default=6, help=".mpy major version to compile for (default 6: "
+                    "MicroPython 1.19 and newer)")
+    rb.set_defaults(func=cmd_romfs_build)
+    rf.set_defaults(func=lambda args: (rf.print_help(), 2)[1])
 
     st = sub.add_parser("status", help="what a board runs: slots, versions, rollback report, provisioning")
     st.add_argument("port")
@@ -205,6 +222,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             verify=not args.no_verify, selftest=not args.no_selftest, boot_timeout=args.boot_timeout,
             source=args.source, board=args.board, max_tries=args.max_tries, firmware=args.firmware,
             erase=args.erase, chip=args.chip, tree=args.tree, firmware_if_needed=args.firmware_if_needed,
+            layout=args.layout,
         ))
     bars = ProgressBoard([j.port for j in jobs], sys.stderr, enabled=not args.json)
 
@@ -233,13 +251,32 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return EXIT_BATCH if failed else 0
 
 
+def cmd_romfs_build(args: argparse.Namespace) -> int:
+    """Write the ROMFS image of ``--role``'s app to ``-o`` (what ``deploy --layout romfs`` writes)."""
+    from tools.flash.romfs import build_rom_image
+
+    if args.role not in ROLES:
+        raise UnknownRoleError(args.role)
+    image = build_rom_image(args.role, args.mpy, board=args.board, firmware=args.tree)
+    try:
+        args.output.write_bytes(image.data)
+    except OSError as exc:
+        raise CityedgeError(f"cannot write {args.output}: {exc.strerror}", exit_code=2) from None
+    print(f"{args.output}: ROMFS image of {args.role} {image.version}, {image.size} bytes, {len(image.files)} files "
+          f"(.mpy v{args.mpy}), sha256 {image.sha256}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from tools.flash.deploy import probe_roots
+    from tools.flash.romfs import rom_status
 
     with RawRepl(args.port) as repl:
         repl.enter_raw()
-        info = Board(repl).probe(probe_roots())
-    out = info.as_dict()
+        board = Board(repl)
+        info = board.probe(probe_roots())
+        rom = rom_status(board)
+    out = {**info.as_dict(), "rom": rom}
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -252,6 +289,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if rb:
         print(f"  ROLLED BACK from slot {rb.get('from')} ({rb.get('version')}) after {rb.get('tries')} failed "
               f"boots: {rb.get('error') or rb.get('reason')}")
+    if rom is None:
+        print("  ROM partition: none (this MicroPython has no ROMFS)")
+    else:
+        app = rom.get("app") or {}
+        held = f"{app.get('role')} {app.get('version')}" if app else "no app image"
+        print(f"  ROM partition: {rom.get('size')} bytes, {held}")
     node = info.node or {}
     print(f"  node {node.get('node_id', 'not provisioned')} role {node.get('role', '-')} key id "
           f"{node.get('key_id', '-')}")

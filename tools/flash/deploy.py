@@ -32,6 +32,7 @@ from cityedge.firmware_files import (
     DEFAULT_BOARD,
     MAX_TRIES,
     NODE_CONFIG,
+    ROM_SLOT,
     SLOT_MANIFEST,
     SLOTS,
     app_files,
@@ -152,10 +153,14 @@ def _other(slot: str) -> str:
 
 def choose_slot(state: dict[str, Any] | None, files: dict[str, tuple[int, str]]) -> tuple[str, str | None]:
     """(target slot, rollback slot) for a deploy given the board's boot state."""
-    if not state or state.get("active") not in SLOTS:
+    active = (state or {}).get("active")
+    prev = (state or {}).get("previous")
+    if state and active == ROM_SLOT:  # the node runs its app from the ROM partition (layout romfs)
+        if state.get("trial") and prev in SLOTS and f"{slot_dir(prev)}/{SLOT_MANIFEST}" in files:
+            return _other(prev), prev  # the ROM app is unproven: keep the proven files app as the target
+        return "a", ROM_SLOT  # bootmgr checks /rom/app.json before it would roll back to it
+    if not state or active not in SLOTS:
         return "a", None
-    active = state["active"]
-    prev = state.get("previous")
     if state.get("trial") and prev in SLOTS and f"{slot_dir(prev)}/{SLOT_MANIFEST}" in files:
         return active, prev
     has_active = f"{slot_dir(active)}/{SLOT_MANIFEST}" in files

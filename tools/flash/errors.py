@@ -21,6 +21,7 @@ EXIT_BOOT = 11  # the node did not boot the new app (no HELLO, rolled back, safe
 EXIT_SELFTEST = 12  # the role's self-test failed
 EXIT_BOARD = 13  # the board raised an error while running a step (e.g. flash full)
 EXIT_BATCH = 14  # a batch finished and at least one board failed
+EXIT_ROMFS = 15  # --layout romfs: the board's MicroPython has no ROMFS partition, or the image does not fit
 EXIT_CONFIG = 78  # manifest or ledger unusable (cityedge.errors.ConfigError)
 
 EXIT_CODES: dict[int, str] = {
@@ -38,6 +39,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_SELFTEST: "the role's self-test failed",
     EXIT_BOARD: "the board reported an error during a step",
     EXIT_BATCH: "at least one board of a batch failed",
+    EXIT_ROMFS: "the board has no ROMFS partition, or the app image does not fit in it",
     EXIT_CONFIG: "the manifest or the ledger is unusable",
 }
 

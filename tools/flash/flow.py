@@ -17,12 +17,14 @@ from cityedge.errors import CityedgeError, ConfigError
 from cityedge.firmware_files import DEFAULT_BOARD, MAX_TRIES
 from cityedge.manifest import NodeRecord, load_manifest, provision
 from cityedge.paths import FIRMWARE
+from tools.flash import compile as mpy
 from tools.flash import firmware as fw
 from tools.flash import ledger
 from tools.flash.board import Board
-from tools.flash.deploy import build_image, deploy, probe_roots, provision_board
+from tools.flash.deploy import DeployResult, build_image, deploy, probe_roots, provision_board
 from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, EXIT_USAGE, FlashError
 from tools.flash.ports import port_by_usb_serial
+from tools.flash.romfs import build_rom_image, deploy_romfs
 from tools.flash.transport import RawRepl
 from tools.flash.verify import confirm_and_selftest, watch_boot
 
@@ -59,6 +61,7 @@ class Job:
     usb_serial: str | None = None
     baudrate: int = 115200
     tree: Path = FIRMWARE  # the firmware tree to deploy (boot files, lib/, apps/, boards/)
+    layout: str = "files"  # "files": the A/B slots on the filesystem; "romfs": the ROM partition
 
 
 def _provision_decision(job: Job, node_on_board: dict[str, Any] | None) -> tuple[bool, str]:
@@ -128,7 +131,7 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
     say = progress or (lambda step, frac: None)
     t0 = time.monotonic()
     rec: dict[str, Any] = {"port": job.port, "usb_serial": job.usb_serial, "role": job.role, "node_id": job.node_id,
-                           "result": "failed"}
+                           "layout": job.layout, "result": "failed"}
     record: NodeRecord | None = None
     try:
         if job.firmware is not None and not job.firmware_if_needed:
@@ -143,11 +146,22 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
                     f"this node is not provisioned: a {job.role} node needs its identity and key",
                     exit_code=EXIT_USAGE, hint="give --node-id, --lat and --lon (and --site, --name)")
             say("compile", 0.05)
-            image = build_image(job.role, info, board=job.board, source=job.source, firmware=job.tree)
             wire0 = repl.tx_bytes + repl.rx_bytes
-            dep = deploy(board, info, image, max_tries=job.max_tries,
-                         progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
-            rec["app"] = {"version": image.version, **dep.as_dict()}
+            dep: DeployResult
+            if job.layout == "romfs":
+                if not job.source:
+                    mpy.compiler_for(info.mpy, port=job.port, micropython=info.micropython)
+                rom = build_rom_image(job.role, info.mpy, board=job.board, firmware=job.tree, source=job.source,
+                                      micropython=info.micropython, port=job.port)
+                dep = deploy_romfs(board, info, rom, reset_raw=repl.soft_reset_raw, max_tries=job.max_tries,
+                                   progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
+                rec["app"] = {"version": rom.version, "layout": job.layout, "image_sha256": rom.sha256,
+                              **dep.as_dict()}
+            else:
+                image = build_image(job.role, info, board=job.board, source=job.source, firmware=job.tree)
+                dep = deploy(board, info, image, max_tries=job.max_tries,
+                             progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
+                rec["app"] = {"version": image.version, "layout": job.layout, **dep.as_dict()}
             rec["hashes"] = dep.hashes
             do_prov, why = _provision_decision(job, info.node)
             if do_prov:

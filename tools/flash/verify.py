@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import serial
-from cewire.cobs import StreamDecoder
 from cewire.errors import WireError
-from cewire.frame import DIR_UP, T_HELLO, Keyring, decode_frame
+from cewire.frame import DIR_UP, T_HELLO, Keyring, StreamDecoder
+from cewire.host import decode_frame
 
 from cityedge.manifest import NodeRecord
 from tools.flash.board import Board
@@ -29,9 +29,9 @@ from tools.flash.ports import open_port
 from tools.flash.selftest import BUILTIN, failed_checks
 from tools.flash.transport import RawRepl
 
-_ROLLBACK = re.compile(r"bootmgr: ROLLBACK to slot (\w)")
+_ROLLBACK = re.compile(r"bootmgr: ROLLBACK to slot (\w+)")
 _SAFE = re.compile(r"bootmgr: SAFE MODE \(([^)]*)\)")
-_SLOT = re.compile(r"bootmgr: slot (\w) ")
+_SLOT = re.compile(r"bootmgr: slot (\w+) ")  # a, b or rom
 _FAILED = re.compile(r"bootmgr: app failed: ([^\r\n]*)")
 
 

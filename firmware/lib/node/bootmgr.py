@@ -1,5 +1,9 @@
 """Boot manager: run the app in the active slot, roll back a new app that does not boot, safe mode.
 
+App sources ("slots"): ``a`` and ``b`` are folders on the filesystem (``/app_a``, ``/app_b``); ``rom`` is
+the ROMFS partition, which MicroPython mounts at ``/rom`` (its .mpy files run in place, from flash). All
+three are handled alike: an ``app.json`` listing every file with its size, the app under ``<dir>/lib``.
+
 Lives outside the app slots (on the board at ``/lib/bootmgr.py``) and depends on nothing in them, so an
 update can never break the code that decides what to boot. Layout: see ``cityedge/firmware_files.py``.
 
@@ -12,7 +16,7 @@ Every boot through ``main.py`` counts a try before the app is imported; the app 
 running ``CONFIRM_S`` seconds without an exception (or the flashing tool calls :func:`confirm` once it saw
 the node's HELLO), which resets the count. When the count exceeds ``max_tries``:
 
-* a trial app with a previous slot is rolled back: the previous slot becomes active again and a report
+* a trial app with a valid previous slot is rolled back: the previous slot becomes active again and a report
   (``rollback``: from, to, version, tries, last error) is kept in the state and printed at every boot
   until the flashing tool clears it; :func:`status` gives it to apps so they can report it upstream;
 * otherwise nothing boots: safe mode imports ``/lib/safe/<role>.py`` and calls its ``run()``.
@@ -35,7 +39,8 @@ except ImportError:  # CPython (tests)
 STATE = "/boot.json"
 NODE = "/node.json"
 SAFE_DIR = "/lib/safe"
-SLOTS = ("a", "b")
+SLOTS = ("a", "b", "rom")  # "rom": the ROMFS partition, mounted at /rom
+ROM = "rom"
 CONFIRM_S = const(30)  # seconds an app must run before it counts as booted
 RESET_DELAY_MS = const(300)  # after a failed boot: leaves a window for Ctrl-C before the reset
 DEFAULT_MAX_TRIES = const(3)
@@ -48,7 +53,7 @@ def log(msg):
 
 
 def slot_dir(slot):
-    return "/app_" + slot
+    return "/rom" if slot == ROM else "/app_" + slot
 
 
 def _read_json(path):

@@ -286,6 +286,45 @@ function hardReset(cause, extra = {}) {
   parentPort.postMessage({ type: 'reset', cause, ...extra });
 }
 
+// ---- ROM partition (ROMFS): a host file beside the flash folder, the whole partition byte for byte -------
+// The VM gets a copy at every (re)start, so /rom is what the partition held at boot. Writes through
+// vfs.rom_ioctl (the glue's shim) go straight to the host file, as to flash: a power cut keeps what was
+// written; the VM sees the new content only after the next reset (a real board remaps at once).
+const ROM_BLOCK = 4096;
+function romPartition() {
+  const size = cfg.romSize || 0;
+  if (!size) return undefined;
+  const part = new Uint8Array(size).fill(0xff); // erased flash
+  try {
+    const data = fs.readFileSync(cfg.romImage);
+    part.set(data.subarray(0, size));
+  } catch (e) { /* never written: an erased partition, nothing mounted */ }
+  return part;
+}
+function romFile() {
+  if (!fs.existsSync(cfg.romImage)) fs.writeFileSync(cfg.romImage, new Uint8Array(cfg.romSize).fill(0xff));
+  return fs.openSync(cfg.romImage, 'r+');
+}
+function romInRange(offset, length) {
+  return Number.isInteger(offset) && Number.isInteger(length) && offset >= 0 && length >= 0
+    && offset + length <= (cfg.romSize || 0);
+}
+function romErase(offset, length) { // whole blocks, as a flash erase
+  const start = Math.floor(offset / ROM_BLOCK) * ROM_BLOCK;
+  const end = Math.min(Math.ceil((offset + length) / ROM_BLOCK) * ROM_BLOCK, cfg.romSize);
+  if (!romInRange(offset, length)) return -22;
+  const fd = romFile();
+  try { fs.writeSync(fd, new Uint8Array(end - start).fill(0xff), 0, end - start, start); } finally { fs.closeSync(fd); }
+  return 0;
+}
+function romWrite(offset, hex) {
+  const data = Buffer.from(String(hex), 'hex');
+  if (!romInRange(offset, data.length)) return -22;
+  const fd = romFile();
+  try { fs.writeSync(fd, data, 0, data.length, offset); } finally { fs.closeSync(fd); }
+  return 0;
+}
+
 // ---- filesystem: /flash mirrors the host folder, written through on close -------------------------------
 function copyIn(FS, hostDir, vmDir) {
   try { FS.mkdir(vmDir); } catch (e) { /* exists */ }
@@ -433,6 +472,10 @@ const hwApi = {
   wdt_feed() { wdtFeed(); },
   reset() { hardReset('hard'); },
   deepsleep(ms) { hardReset('deepsleep', { sleep_ms: Number(ms), now_ms: clock.now() }); },
+  rom_size: cfg.romSize || 0,
+  rom_block: ROM_BLOCK,
+  rom_erase(offset, length) { return romErase(Number(offset), Number(length)); },
+  rom_write(offset, hex) { return romWrite(Number(offset), hex); },
   set_rtc_offset(ms) { rtcOffsetMs = Number(ms); },
   get_rtc_offset() { return String(rtcOffsetMs); },
 };
@@ -486,6 +529,7 @@ async function bootVM(rawRepl, soft) {
   mp = null;
   mp = await loadMicroPython({
     heapsize: cfg.heapsize || 2 * 1024 * 1024,
+    romfs: romPartition(), // mapped outside the GC heap; MicroPython mounts a valid image at /rom itself
     linebuffer: false,
     stdout: (b) => { for (const c of b) stdoutByte(c); },
     stderr: (b) => { for (const c of b) stdoutByte(c); },

@@ -2,7 +2,8 @@
 //
 //   node host.mjs CONFIG.json
 // CONFIG: {"micropython": path, "boards": [{"id", "repl_fd", "link_fd", "flash", "virtual_time", "start_time_ms",
-//          "unique_id": [bytes], "pins": {...}, "devices": [...], "heapsize", "seed"}]}
+//          "unique_id": [bytes], "pins": {...}, "devices": [...], "heapsize", "seed",
+//          "rom_size": bytes (0: no ROMFS partition), "rom_image": host file holding the partition}]}
 // The REPL and link pseudo-terminal masters are inherited file descriptors; this thread reads and writes them,
 // applies link faults, keeps each board's serial log, powers boards on and off and respawns a hung board.
 //
@@ -182,6 +183,8 @@ class Board {
         pins: this.cfg.pins || {},
         devices: this.cfg.devices || [],
         heapsize: this.cfg.heapsize,
+        romSize: this.cfg.rom_size || 0,
+        romImage: this.cfg.rom_image,
         replUart: 0,
         rawRepl: !!opts.rawRepl,
         ctlSab: this.ctlSab,

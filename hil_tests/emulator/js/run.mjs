@@ -6,9 +6,10 @@
 // streams the VM's stdout/stderr to ours, and exits 0 on success, with SystemExit's code, or 1 after
 // printing the Python traceback to stderr.
 //
-// Session mode (--session): the same request shape, one per line, many times; each answer is one JSON
-// line {"ok": bool, "out": str, "err": str, "exit": int} on stdout. The VM and its files persist, so a
-// test suite pays the VM start-up once.
+// Session mode (--session [--romfs IMAGE]): the same request shape, one per line, many times; each answer is
+// one JSON line {"ok": bool, "out": str, "err": str, "exit": int} on stdout. The VM and its files persist, so
+// a test suite pays the VM start-up once. --romfs gives the VM a ROM partition holding IMAGE (a ROMFS image,
+// mounted at /rom by MicroPython itself; its .mpy files run in place, outside the heap, as on a board).
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -82,8 +83,10 @@ async function oneShot() {
 async function session() {
   let out = [];
   let err = [];
+  const romArg = process.argv.indexOf('--romfs');
   const mp = await loadMicroPython({
     heapsize: 4 * 1024 * 1024,
+    romfs: romArg > 0 ? new Uint8Array(fs.readFileSync(process.argv[romArg + 1])) : undefined,
     stdout: (line) => out.push(line),
     stderr: (line) => err.push(line),
     linebuffer: true,

@@ -285,6 +285,45 @@ def _uname():
     return u("esp32", "esp32", rel, "v" + rel + " (cityedge emulated board)", "ESP32 module (emulated) with ESP32")
 
 
+class _VfsShim:
+    """The ``vfs`` module as firmware sees it (``sys.modules["vfs"]``): the VM's own, with ``rom_ioctl``
+    writes that reach the ROM partition on the host (the port's returns -22 for them). A board without a
+    ROMFS partition (``rom_kb=0``) gets a ``vfs`` without ``rom_ioctl`` and ``VfsRom``, as stock firmware."""
+
+    def __init__(self, real):
+        self.__name__ = "vfs"
+        self.mount = real.mount
+        self.umount = real.umount
+        self.VfsPosix = real.VfsPosix
+        if _hw.rom_size:
+            self.VfsRom = real.VfsRom
+            self._rom = real.rom_ioctl
+            self.rom_ioctl = self._ioctl
+
+    def _ioctl(self, op, rom_id=0, *args):
+        # ops as the ESP32/RP2 ports: 1 count, 2 segment (a memoryview of the partition), 3 prepare (erase),
+        # 4 write, 5 complete, 6 block size; errors are -EINVAL
+        if op == 1:
+            return 1
+        if rom_id != 0:
+            return -22
+        if op == 2:
+            return self._rom(2, 0)
+        if op == 3 and len(args) in (1, 2):
+            off, n = (0, args[0]) if len(args) == 1 else args
+            err = _hw.rom_erase(off, n)
+            return err if err else 4  # the smallest write the partition takes
+        if op == 4 and len(args) == 2:
+            import binascii
+
+            return _hw.rom_write(args[0], binascii.hexlify(args[1]).decode())
+        if op == 5:
+            return 0
+        if op == 6:
+            return _hw.rom_block
+        return -22
+
+
 def setup():
     import builtins
 
@@ -299,9 +338,14 @@ def setup():
 
     vfs.umount("/")
     vfs.mount(FlashVfs(vfs.VfsPosix("/flash")), "/")
+    sys.modules["vfs"] = _VfsShim(vfs)
     import os
 
     os.uname = _uname  # the port has none; tools identify a board by it
     os.chdir("/")
+    # MicroPython put /rom and /rom/lib on sys.path when it mounted a ROMFS image: keep them, as a board does
+    rom = [p for p in sys.path if p.startswith("/rom")] if _hw.rom_size else []
     sys.path.clear()
-    sys.path.extend(["", ".frozen", "/lib"])
+    sys.path.extend(("", ".frozen"))
+    sys.path.extend(rom)  # MicroPython has no * in list displays
+    sys.path.append("/lib")
