@@ -46,7 +46,7 @@ from cewire import (
     codes,
     payloads,
 )
-from cewire.errors import NAMES as ERROR_NAMES
+from cewire.host import ERROR_NAMES
 
 from gateway.commands import CommandRouter
 from gateway.downlink import Downlink

@@ -43,13 +43,21 @@ def test_valid_vector_decodes_and_reencodes(vec: dict[str, Any]) -> None:
     keys = ring()
     f = w.decode_frame(bytes.fromhex(vec["hex"]), keys, vec["direction"])
     assert (f.ftype, f.node_id, f.seq, f.ts, f.flags, f.key_id, f.back) == (
-        vec["type"], vec["node"], vec["seq"], vec["ts"], vec["flags"], vec["key_id"], vec["back"])
+        vec["type"],
+        vec["node"],
+        vec["seq"],
+        vec["ts"],
+        vec["flags"],
+        vec["key_id"],
+        vec["back"],
+    )
     assert (f.channel, f.priority) == (vec["channel"], vec["priority"])
     assert f.body == intkeys(vec["body"])
     assert f.payload.hex() == vec["payload_hex"]
     # our encoder produces the same bytes (deterministic CBOR, same MAC) from the decoded fields
-    again = w.encode_frame(f.ftype, f.node_id, f.seq, f.ts, f.flags, cbor.dumps(f.body),
-                           keys.lookup(f.node_id, f.key_id), back=f.back)
+    again = w.encode_frame(
+        f.ftype, f.node_id, f.seq, f.ts, f.flags, cbor.dumps(f.body), keys.lookup(f.node_id, f.key_id), back=f.back
+    )
     assert again.hex() == vec["hex"]
 
 
@@ -102,6 +110,34 @@ def test_parsers_give_typed_fields() -> None:
         p.parse_data([{16: 1.5}])
 
 
+def test_node_half_and_host_half_agree_on_the_labels() -> None:
+    """payloads (the node's half) folds the map labels into its code; host_payloads names them: both must agree."""
+    from cewire import host_payloads
+
+    labels = [n for n in host_payloads.__all__ if n.split("_")[0] in ("H", "E", "C", "A", "TM")]
+    assert len(labels) == 25
+    assert {n: getattr(host_payloads, n) for n in labels} == {n: getattr(p, "_" + n) for n in labels}
+    assert p.H_ROLE == 0 and p.ack is host_payloads.ack  # re-exported on CPython
+
+
+def test_event_code_names_match_the_constants() -> None:
+    consts = {n: v for n, v in vars(w.codes).items() if n.isupper() and isinstance(v, int)}
+    assert len(consts) == 31
+    assert {n: w.codes.NAMES.get(v) for n, v in consts.items()} == {n: n.lower() for n in consts}
+    assert w.codes.NAMES.get(15) is None and w.codes.NAMES.get(200, "code200") == "code200"
+    assert w.codes.NAMES.get(True) is None and w.codes.NAMES.get(-1) is None
+
+
+def test_error_names_follow_the_spec() -> None:
+    assert w.ERROR_NAMES == {
+        1: "truncated", 2: "oversize", 3: "version", 4: "type", 5: "header", 6: "unknown_node", 7: "key_id",
+        8: "mac", 9: "replay", 10: "payload", 11: "cobs", 12: "range",
+    }  # fmt: skip
+    e = w.WireError(w.E_MAC, "node 7 seq 3")
+    assert (e.name, str(e)) == ("mac", "wire error 8 (mac): node 7 seq 3")
+    assert w.WireError(99).name == "unknown"
+
+
 def test_key_material_never_printed() -> None:
     k = w.Key(KEY, 3)
     assert KEY.hex() not in repr(k) and "3" in repr(k)
@@ -134,10 +170,15 @@ def test_stream_decoder_resyncs_after_garbage_and_cut_frames() -> None:
 
 # --- properties --------------------------------------------------------------------------------------
 cbor_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**64), max_value=2**64 - 1) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.integers(-100, 100) | st.text(max_size=5), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.integers(-100, 100) | st.text(max_size=5), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
@@ -184,7 +225,7 @@ def test_decoders_raise_only_wire_errors(data: bytes) -> None:
         try:
             fn()
         except w.WireError as e:
-            assert e.code in w.errors.NAMES
+            assert e.code in w.ERROR_NAMES
     w.StreamDecoder().feed(data)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hil_tests.emulator.runner import FIRMWARE_LIB, MicroPythonSession
+from hil_tests.emulator.runner import FIRMWARE_LIB, MicroPythonSession, run_micropython
 
 VECTORS = Path(__file__).parent / "vectors"
 
@@ -108,6 +108,19 @@ print((b - a) // 200, (c - b) // 200)
 """
 
 
+# what a node imports (node.link, the apps' cewire imports), and what it finds there
+NODE = r"""
+import sys, json
+import node.link
+from cewire import codes, payloads
+from cewire.frame import PRIO_HIGH, CH_BULK
+import cewire
+names = [payloads.L_LEVEL, payloads.CS_OK, payloads.EV_RAISED, payloads.RESET_WDT, codes.NAMES.get(codes.SPO2_LOW),
+         cewire.T_DATA]
+print(json.dumps([sorted(k for k in sys.modules if k.startswith('cewire') or k == 'hmac'), names]))
+"""
+
+
 @pytest.fixture(scope="module")
 def mp() -> Any:
     with MicroPythonSession(mounts={FIRMWARE_LIB: "/lib", VECTORS: "/vectors"}) as session:
@@ -118,8 +131,17 @@ def test_vectors_on_micropython(mp: MicroPythonSession) -> None:
     data = json.loads((VECTORS / "frames.json").read_text())
     got = json.loads(mp.run(CHECK).check().stdout)
     for v in data["valid"]:
-        assert got["valid"][v["name"]] == [v["type"], v["node"], v["seq"], v["ts"], v["flags"], v["key_id"],
-                                           v["back"], True, True], v["name"]
+        assert got["valid"][v["name"]] == [
+            v["type"],
+            v["node"],
+            v["seq"],
+            v["ts"],
+            v["flags"],
+            v["key_id"],
+            v["back"],
+            True,
+            True,
+        ], v["name"]
     assert got["invalid"] == {v["name"]: v["error"] for v in data["invalid"]}
     assert got["replay"] == [[s["error"], s["cum"]] for s in data["replay"]]
     assert got["cobs"] == [True] * len(data["cobs"])
@@ -135,3 +157,10 @@ def test_encoding_a_frame_allocates_less_than_512_bytes(mp: MicroPythonSession) 
     enc_alloc, dec_alloc = map(int, mp.run(ALLOC).check().stdout.split())
     assert 0 < enc_alloc <= 512
     assert dec_alloc < 2048  # verify+decode builds the body dict and the Frame
+
+
+def test_a_node_never_loads_the_host_half() -> None:
+    """On a node every loaded module costs heap: what the node uses must not pull in the gateway's half."""
+    loaded, names = json.loads(run_micropython(NODE, mounts={FIRMWARE_LIB: "/lib"}).check().stdout)
+    assert loaded == ["cewire", "cewire.cbor", "cewire.codes", "cewire.errors", "cewire.frame", "cewire.payloads"]
+    assert names == [16, 0, 1, 3, "spo2_low", 2]

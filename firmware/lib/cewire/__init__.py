@@ -4,12 +4,12 @@
 Public API (stable; names are kept when it grows)::
 
     VERSION, MAX_FRAME, MAX_PAYLOAD, HEADER_LEN, MAC_LEN
-    T_HELLO T_DATA T_EVENT T_ACK T_CMD T_CMD_ACK T_TIME       frame types (TYPE_NAMES)
+    T_HELLO T_DATA T_EVENT T_ACK T_CMD T_CMD_ACK T_TIME       frame types (TYPE_NAMES: their names)
     CH_CTRL (0: HELLO/EVENT/CMD_ACK/ACK/CMD/TIME), CH_BULK (1: DATA)   sequence spaces
     PRIO_NONE PRIO_LOW PRIO_MEDIUM PRIO_HIGH                  priority (frame flags)
     DIR_ANY DIR_UP DIR_DOWN                                   who may send what
     WireError(code, detail) .code .name;  E_TRUNCATED E_OVERSIZE E_VERSION E_TYPE E_HEADER E_UNKNOWN_NODE
-                                          E_KEY_ID E_MAC E_REPLAY E_PAYLOAD E_COBS E_RANGE
+                                          E_KEY_ID E_MAC E_REPLAY E_PAYLOAD E_COBS E_RANGE (ERROR_NAMES)
 
     Key(key_bytes, key_id=0)                     per-node key, HMAC pads precomputed (never printed)
     Keyring().add(node_id, key_bytes|Key, key_id) / .lookup(node_id, key_id) / .remove(node_id, key_id=-1)
@@ -31,98 +31,47 @@ Public API (stable; names are kept when it grows)::
     payloads: hello(...)/parse_hello, data({L_*: int})/data_batch/parse_data, event(code, state, ...)/parse_event,
         ack({ch: cum})/parse_ack, cmd(id, op, args, exp)/parse_cmd, cmd_ack(id, status, text)/parse_cmd_ack,
         time_sync(unix_s, ms, tz_min)/parse_time; labels L_* H_* E_* C_* A_* TM_*, FIELDS, CS_*, EV_*, RESET_*
-    codes: event codes (codes.LAMP_FAILURE, codes.SPO2_LOW, ...; codes.NAMES)
+    codes: event codes (codes.LAMP_FAILURE, codes.SPO2_LOW, ...; codes.NAMES.get(code, default))
 
 Gateway, per frame from a node:  f = rx.verify(buf) → make durable → cum = rx.commit(f) →
     send encode_frame(T_ACK, f.node_id, gw_seq, now, flags_for(CH_CTRL), payloads.ack(rx.acks(f.node_id)), key)
     On WireError E_REPLAY the frame is a duplicate: drop it and answer with the current ACK.
     Gateway CMD retransmissions are new frames (fresh seq, same command id): nodes run an id once (§7.5).
 Node: node.link.Link does all of this (outbox, retransmission, ACK/TIME/CMD handling), see docs/protocol.md §10.
+
+Modules. What a node imports: errors, codes, cbor, frame (COBS, Key, Keyring, encode_into, decode_fields,
+Encoder, ReplayWindow), payloads. The host half, which a node never imports: host (Frame,
+decode_frame, encode_frame, cobs_encode/cobs_decode, TYPE_NAMES, ERROR_NAMES), receiver (Receiver),
+host_payloads (re-exported by payloads). On CPython ``import cewire`` gives the whole API above (cewire.api); on
+MicroPython the names are looked up in the submodules on first use, so a node loads only what it uses.
 """
 
 import sys
 
 if sys.implementation.name == "micropython":
     # On a node every module-level name costs heap: the submodules are loaded and their names looked up on
-    # first use instead of re-exporting ~70 names here (``cewire.Key``, ``from cewire import codes`` work).
-    _WHERE = ("frame", "errors", "cobs", "replay", "encoder", "payloads")
-
+    # first use (``cewire.Key``, ``from cewire import codes`` work), node modules first, so a name a node uses
+    # never loads the host half.
     def __getattr__(name):  # type: ignore[no-untyped-def, unused-ignore]
         if name.startswith("__"):
             raise AttributeError(name)
-        if name in ("cbor", "codes", "payloads"):
+        try:  # a submodule: from cewire import codes
             __import__("cewire." + name)
             return sys.modules["cewire." + name]
-        for sub in _WHERE:
+        except ImportError:
+            pass
+        for sub in ("frame", "errors", "host", "receiver"):
             full = "cewire." + sub
             mod = sys.modules.get(full)
             if mod is None:
                 __import__(full)
                 mod = sys.modules[full]
             if hasattr(mod, name):
-                return getattr(mod, name)
+                value = getattr(mod, name)
+                globals()[name] = value  # found once: later lookups are plain attribute reads
+                return value
         raise AttributeError(name)
 
 else:
-    from cewire import cbor, codes, payloads
-    from cewire.cobs import StreamDecoder, cobs_decode, cobs_encode, encoded_size
-    from cewire.encoder import Encoder
-    from cewire.errors import (
-        E_COBS,
-        E_HEADER,
-        E_KEY_ID,
-        E_MAC,
-        E_OVERSIZE,
-        E_PAYLOAD,
-        E_RANGE,
-        E_REPLAY,
-        E_TRUNCATED,
-        E_TYPE,
-        E_UNKNOWN_NODE,
-        E_VERSION,
-        WireError,
-    )
-    from cewire.frame import (
-        CH_BULK,
-        CH_CTRL,
-        DIR_ANY,
-        DIR_DOWN,
-        DIR_UP,
-        HEADER_LEN,
-        MAC_LEN,
-        MAX_FRAME,
-        MAX_PAYLOAD,
-        N_CHANNELS,
-        PRIO_HIGH,
-        PRIO_LOW,
-        PRIO_MEDIUM,
-        PRIO_NONE,
-        T_ACK,
-        T_CMD,
-        T_CMD_ACK,
-        T_DATA,
-        T_EVENT,
-        T_HELLO,
-        T_TIME,
-        TYPE_NAMES,
-        VERSION,
-        Frame,
-        Key,
-        Keyring,
-        channel_of,
-        decode_frame,
-        encode_frame,
-        encode_into,
-        flags_for,
-    )
-    from cewire.replay import WINDOW, Receiver, ReplayWindow
-
-    __all__ = [
-        "CH_BULK", "CH_CTRL", "DIR_ANY", "DIR_DOWN", "DIR_UP", "E_COBS", "E_HEADER", "E_KEY_ID", "E_MAC",
-        "E_OVERSIZE", "E_PAYLOAD", "E_RANGE", "E_REPLAY", "E_TRUNCATED", "E_TYPE", "E_UNKNOWN_NODE", "E_VERSION",
-        "HEADER_LEN", "MAC_LEN", "MAX_FRAME", "MAX_PAYLOAD", "N_CHANNELS", "PRIO_HIGH", "PRIO_LOW", "PRIO_MEDIUM",
-        "PRIO_NONE", "TYPE_NAMES", "T_ACK", "T_CMD", "T_CMD_ACK", "T_DATA", "T_EVENT", "T_HELLO", "T_TIME",
-        "VERSION", "WINDOW", "Encoder", "Frame", "Key", "Keyring", "Receiver", "ReplayWindow", "StreamDecoder",
-        "WireError", "cbor", "channel_of", "cobs_decode", "cobs_encode", "codes", "decode_frame", "encode_frame",
-        "encode_into", "encoded_size", "flags_for", "payloads",
-    ]
+    from cewire.api import *  # noqa: F403
+    from cewire.api import __all__  # noqa: F401

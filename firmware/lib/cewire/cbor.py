@@ -3,15 +3,22 @@
 Encodes: int (−2^64 .. 2^64−1), bytes, str, list/tuple, dict, True/False/None, float (as float64; the
 protocol prefers scaled integers); maps deterministically (keys sorted by their encoded bytes).
 Decodes the same plus float16/float32. Definite lengths only; tags, indefinite lengths, simple values
-other than false/true/null and nesting deeper than MAX_DEPTH are refused with WireError(E_PAYLOAD);
-an item running past the end gives WireError(E_TRUNCATED).
+other than false/true/null and nesting deeper than 8 levels are refused with WireError(E_PAYLOAD);
+an item running past the end gives WireError(E_TRUNCATED). The code says why an input was refused (no
+detail text: on a node every string constant costs heap).
 """
 
 import struct
 
 from cewire.errors import E_PAYLOAD, E_RANGE, E_TRUNCATED, WireError
 
-MAX_DEPTH = 8
+try:
+    from micropython import const
+except ImportError:  # CPython (an assignment, not a def: on a node that would load a function for nothing)
+    const = int  # type: ignore[misc, assignment, unused-ignore]
+
+
+_MAX_DEPTH = const(8)  # nesting levels
 
 
 def _head(out: bytearray, major: int, n: int) -> None:
@@ -35,13 +42,13 @@ def _head(out: bytearray, major: int, n: int) -> None:
         out.append(mt | 27)
         out.extend(struct.pack(">Q", n))
     else:
-        raise WireError(E_RANGE, "integer does not fit CBOR")
+        raise WireError(E_RANGE)
 
 
 def dump_into(out: bytearray, obj, depth: int = 0) -> None:
     """Append the CBOR encoding of ``obj`` to ``out``."""
-    if depth > MAX_DEPTH:
-        raise WireError(E_RANGE, "nested too deep")
+    if depth > _MAX_DEPTH:
+        raise WireError(E_RANGE)
     if obj is True:
         out.append(0xF5)
     elif obj is False:
@@ -85,7 +92,7 @@ def dump_into(out: bytearray, obj, depth: int = 0) -> None:
             enc = bytearray()
             dump_into(enc, k, depth + 1)
             keyed.append((bytes(enc), v))
-        keyed.sort(key=_first)
+        keyed.sort()  # the keys of a dict encode differently (NaN aside): values are never compared
         for kb, v in keyed:
             out.extend(kb)
             dump_into(out, v, depth + 1)
@@ -96,27 +103,11 @@ def dump_into(out: bytearray, obj, depth: int = 0) -> None:
         raise WireError(E_RANGE, "cannot encode %s" % type(obj).__name__)
 
 
-def _first(pair):
-    return pair[0]
-
-
 def dumps(obj) -> bytes:
     """Return the CBOR encoding of ``obj``."""
     out = bytearray()
     dump_into(out, obj)
     return bytes(out)
-
-
-def _half(h: int) -> float:
-    exp = (h >> 10) & 0x1F
-    mant = h & 0x3FF
-    if exp == 0:
-        val = mant * 2.0**-24
-    elif exp == 31:
-        val = float("inf") if mant == 0 else float("nan")
-    else:
-        val = (mant + 1024) * 2.0 ** (exp - 25)
-    return -val if h & 0x8000 else val
 
 
 def _arg(buf, i: int, end: int, info: int):
@@ -132,9 +123,9 @@ def _arg(buf, i: int, end: int, info: int):
     elif info == 27:
         size = 8
     else:
-        raise WireError(E_PAYLOAD, "indefinite length or reserved CBOR argument")
+        raise WireError(E_PAYLOAD)
     if i + size > end:
-        raise WireError(E_TRUNCATED, "CBOR argument cut short")
+        raise WireError(E_TRUNCATED)
     if size == 1:
         return buf[i], i + 1
     return int.from_bytes(bytes(buf[i : i + size]), "big"), i + size
@@ -143,7 +134,7 @@ def _arg(buf, i: int, end: int, info: int):
 def _item(buf, i: int, end: int, depth: int):
     """Decode the item at ``buf[i]``; return (value, next index)."""
     if i >= end:
-        raise WireError(E_TRUNCATED, "CBOR item missing")
+        raise WireError(E_TRUNCATED)
     ib = buf[i]
     i += 1
     if ib < 0x18:  # small unsigned int: the common case for labels and scaled values
@@ -162,21 +153,21 @@ def _item(buf, i: int, end: int, depth: int):
     if major == 2 or major == 3:
         n, i = _arg(buf, i, end, info)
         if n > end - i:
-            raise WireError(E_TRUNCATED, "CBOR string cut short")
+            raise WireError(E_TRUNCATED)
         raw = bytes(buf[i : i + n])
         if major == 2:
             return raw, i + n
         try:
             return raw.decode(), i + n
         except Exception:
-            raise WireError(E_PAYLOAD, "CBOR text is not UTF-8")
+            raise WireError(E_PAYLOAD)
     if major == 4 or major == 5:
-        if depth >= MAX_DEPTH:
-            raise WireError(E_PAYLOAD, "CBOR nested too deep")
+        if depth >= _MAX_DEPTH:
+            raise WireError(E_PAYLOAD)
         n, i = _arg(buf, i, end, info)
         # every item takes at least one byte: a count larger than what is left cannot be valid
         if n > end - i:
-            raise WireError(E_TRUNCATED, "CBOR container longer than the payload")
+            raise WireError(E_TRUNCATED)
         depth += 1
         if major == 4:
             out = []
@@ -192,7 +183,7 @@ def _item(buf, i: int, end: int, depth: int):
             else:
                 k, i = _item(buf, i, end, depth)
                 if not isinstance(k, (int, str)):
-                    raise WireError(E_PAYLOAD, "CBOR map key must be int or text")
+                    raise WireError(E_PAYLOAD)
             if i < end and buf[i] < 0x18:
                 d[k] = buf[i]
                 i += 1
@@ -210,13 +201,22 @@ def _item(buf, i: int, end: int, depth: int):
         if info == 25 or info == 26 or info == 27:
             size = 2 if info == 25 else 4 if info == 26 else 8
             if i + size > end:
-                raise WireError(E_TRUNCATED, "CBOR float cut short")
+                raise WireError(E_TRUNCATED)
             raw = bytes(buf[i : i + size])
-            if size == 2:
-                return _half((raw[0] << 8) | raw[1]), i + 2
+            if size == 2:  # IEEE 754 half precision
+                h = (raw[0] << 8) | raw[1]
+                exp = (h >> 10) & 0x1F
+                mant = h & 0x3FF
+                if exp == 0:
+                    val = mant * 2.0**-24
+                elif exp == 31:
+                    val = float("inf") if mant == 0 else float("nan")
+                else:
+                    val = (mant + 1024) * 2.0 ** (exp - 25)
+                return -val if h & 0x8000 else val, i + 2
             return struct.unpack(">f" if size == 4 else ">d", raw)[0], i + size
-        raise WireError(E_PAYLOAD, "unsupported CBOR simple value")
-    raise WireError(E_PAYLOAD, "CBOR tags are not part of the protocol")
+        raise WireError(E_PAYLOAD)
+    raise WireError(E_PAYLOAD)
 
 
 def loads(buf, start: int = 0, end: int = -1):
@@ -225,5 +225,5 @@ def loads(buf, start: int = 0, end: int = -1):
         end = len(buf)
     obj, i = _item(buf, start, end, 0)
     if i != end:
-        raise WireError(E_PAYLOAD, "trailing bytes after the CBOR item")
+        raise WireError(E_PAYLOAD)
     return obj

@@ -6,10 +6,8 @@ and must list them there.
 
 try:
     from micropython import const
-except ImportError:  # CPython
-
-    def const(x: int) -> int:  # type: ignore[misc, no-redef, unused-ignore]
-        return x
+except ImportError:  # CPython (an assignment, not a def: on a node that would load a function for nothing)
+    const = int  # type: ignore[misc, assignment, unused-ignore]
 
 
 # streetlight faults and state changes
@@ -47,16 +45,30 @@ CONFIG_INVALID = const(130)
 OUTBOX_DROPPED = const(131)  # telemetry dropped from a full outbox (value = records dropped)
 CLOCK_SET = const(132)
 
-NAMES = {
-    LAMP_FAILURE: "lamp_failure", DAY_BURNER: "day_burner", CYCLING: "cycling",
-    OVER_VOLTAGE: "over_voltage", UNDER_VOLTAGE: "under_voltage", OVER_CURRENT: "over_current",
-    UNDER_CURRENT: "under_current", DRIVER_FAULT: "driver_fault", LIGHT_SENSOR_FAILURE: "light_sensor_failure",
-    POWER_HIGH: "power_high", POWER_LOW: "power_low", OVERRIDE: "override", PROGRAM_CHANGED: "program_changed",
-    METER_FAILURE: "meter_failure",
-    SPO2_LOW: "spo2_low", DESATURATION: "desaturation", PR_LOW: "pr_low", PR_HIGH: "pr_high",
-    TEMP_HIGH: "temp_high", TEMP_LOW: "temp_low", PROBE_OFF: "probe_off", NO_PULSE: "no_pulse",
-    POOR_SIGNAL: "poor_signal", LOW_BATTERY: "low_battery", SENSOR_FAILURE: "sensor_failure",
-    ALARM_SYSTEM_FAILURE: "alarm_system_failure",
-    GATEWAY_LOST: "gateway_lost", SAFE_MODE: "safe_mode", CONFIG_INVALID: "config_invalid",
-    OUTBOX_DROPPED: "outbox_dropped", CLOCK_SET: "clock_set",
-}
+
+class _Names:
+    """``NAMES.get(code, default)``: an event code's name (``"lamp_failure"``) for logs and the uplink.
+
+    Only ``get``: one string constant instead of a dict, which on a node would take about a kilobyte of heap.
+    """
+
+    def get(self, code: int, default=None):
+        text = (
+            " 1 lamp_failure 2 day_burner 3 cycling 4 over_voltage 5 under_voltage 6 over_current"
+            " 7 under_current 8 driver_fault 9 light_sensor_failure 10 power_high 11 power_low 12 override"
+            " 13 program_changed 14 meter_failure 64 spo2_low 65 desaturation 66 pr_low 67 pr_high"
+            " 68 temp_high 69 temp_low 80 probe_off 81 no_pulse 82 poor_signal 83 low_battery"
+            " 84 sensor_failure 85 alarm_system_failure 128 gateway_lost 129 safe_mode 130 config_invalid"
+            " 131 outbox_dropped 132 clock_set "
+        )
+        if type(code) is not int:
+            return default
+        key = " %d " % code
+        at = text.find(key)
+        if at < 0:
+            return default
+        at += len(key)
+        return text[at : text.find(" ", at)]
+
+
+NAMES = _Names()

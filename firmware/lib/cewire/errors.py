@@ -2,14 +2,14 @@
 
 The codes are part of the protocol spec (docs/protocol.md, "Error codes") and of the test vectors, so a
 gateway can count rejected frames per reason and a test can check that a frame was refused for the right one.
+On a node every name and string costs heap, so the names of the codes are one string constant (no table) and
+details are short: the code says what went wrong, a detail only adds the numbers (node, seq, length).
 """
 
 try:
     from micropython import const
-except ImportError:  # CPython
-
-    def const(x: int) -> int:  # type: ignore[misc, no-redef, unused-ignore]
-        return x
+except ImportError:  # CPython (an assignment, not a def: on a node that would load a function for nothing)
+    const = int  # type: ignore[misc, assignment, unused-ignore]
 
 
 E_TRUNCATED = const(1)  # shorter than header + MAC, or a CBOR item runs past the end
@@ -25,21 +25,6 @@ E_PAYLOAD = const(10)  # payload is not valid CBOR of the subset, or a field is 
 E_COBS = const(11)  # COBS encoding broken (zero inside, code byte runs past the end)
 E_RANGE = const(12)  # a value given to an encoder is out of range (encoder side only)
 
-NAMES = {
-    E_TRUNCATED: "truncated",
-    E_OVERSIZE: "oversize",
-    E_VERSION: "version",
-    E_TYPE: "type",
-    E_HEADER: "header",
-    E_UNKNOWN_NODE: "unknown_node",
-    E_KEY_ID: "key_id",
-    E_MAC: "mac",
-    E_REPLAY: "replay",
-    E_PAYLOAD: "payload",
-    E_COBS: "cobs",
-    E_RANGE: "range",
-}
-
 
 class WireError(ValueError):
     """A frame or payload was refused. ``code`` is one of the E_* constants, ``name`` its short name."""
@@ -51,7 +36,9 @@ class WireError(ValueError):
 
     @property
     def name(self) -> str:
-        return NAMES.get(self.code, "unknown")
+        """The code's short name (docs/protocol.md §8), e.g. ``"mac"``; ``"unknown"`` for another code."""
+        names = "truncated oversize version type header unknown_node key_id mac replay payload cobs range".split()
+        return names[self.code - 1] if E_TRUNCATED <= self.code <= E_RANGE else "unknown"
 
     def __str__(self) -> str:
         return "wire error %d (%s)%s" % (self.code, self.name, ": " + self.detail if self.detail else "")

@@ -1,32 +1,27 @@
-"""Payload builders and parsers for every frame type, so apps never hand-build CBOR maps.
+"""Payload builders and parsers, so apps never hand-build CBOR maps; labels, units and scales are listed in
+docs/protocol.md ("Payloads").
 
-Builders return CBOR bytes for ``encode_frame``/``Encoder``; parsers take ``frame.body`` (already decoded)
-and return plain values, raising WireError(E_PAYLOAD) when a required field is missing or mistyped.
-Labels, units and scales are listed in docs/protocol.md ("Payloads").
+Builders return CBOR bytes for ``Encoder``/``encode_frame``; parsers take the decoded body and return plain
+values, raising WireError(E_PAYLOAD) when a required field is missing or mistyped.
+
+This module is the node's half: the constants apps use (L_*, RESET_*, EV_*, CS_*), the builders of what a node
+sends (hello, data, data_batch, event, cmd_ack) and the parsers of what it receives (parse_ack, parse_cmd,
+parse_time) and of its own command acks (parse_cmd_ack, read back from its outbox). The host half, the builders
+of gateway frames (ack, cmd, time_sync), the parsers of node frames (parse_hello, parse_data, parse_event),
+FIELDS, the label names H_* E_* C_* A_* TM_* and the quality bits Q_*, is cewire.host_payloads: its names are
+looked up there on first use (module ``__getattr__``, on CPython and MicroPython alike), so a node that never
+uses them never loads it -- on a node every name costs heap.
 """
-
-import sys
 
 from cewire import cbor
 from cewire.errors import E_PAYLOAD, WireError
 
 try:
     from micropython import const
-except ImportError:  # CPython
-
-    def const(x: int) -> int:  # type: ignore[misc, no-redef, unused-ignore]
-        return x
+except ImportError:  # CPython (an assignment, not a def: on a node that would load a function for nothing)
+    const = int  # type: ignore[misc, assignment, unused-ignore]
 
 
-# --- HELLO labels
-H_ROLE = const(0)
-H_FW = const(1)
-H_BOOT = const(2)
-H_RESET = const(3)
-H_CAPS = const(4)
-H_BOARD = const(5)
-H_SAFE = const(6)
-H_RX = const(7)
 # reset causes (HELLO H_RESET)
 RESET_UNKNOWN = const(0)
 RESET_POWER_ON = const(1)
@@ -59,49 +54,7 @@ L_DRV_TEMP = const(33)  # driver temperature, 0.01 °C
 L_HEAP = const(34)  # free heap, bytes
 L_UPTIME = const(35)  # uptime, s
 L_DROPPED = const(36)  # records dropped from a full outbox since boot
-# quality bits (L_QUALITY), after the Bluetooth PLX measurement status
-Q_EARLY = const(1)
-Q_VALIDATED = const(2)
-Q_QUESTIONABLE = const(4)
-Q_INVALID = const(8)
-Q_UNAVAILABLE = const(16)
 
-# label: (SenML name, SenML unit, decimal scale) — the gateway turns a scaled int v into v * 10**scale.
-# Gateway-side table: not built on a node, where it would only take heap.
-if sys.implementation.name != "micropython":
-    FIELDS = {
-        L_LEVEL: ("level", "%", -1),
-        L_POWER: ("power", "W", -1),
-        L_VOLTAGE: ("voltage", "V", -1),
-        L_CURRENT: ("current", "A", -3),
-        L_ENERGY: ("energy", "Wh", 0),
-        L_LUX: ("lux", "lx", -1),
-        L_BURN: ("burn", "s", 0),
-        L_SWITCHES: ("switches", "count", 0),
-        L_TEMP: ("temp", "Cel", -2),
-        L_HR: ("hr", "beat/min", -1),
-        L_SPO2: ("spo2", "%", -1),
-        L_PI: ("pi", "%", -2),
-        L_SQI: ("sqi", "%", 0),
-        L_BAT_MV: ("battery", "V", -3),
-        L_BAT_PCT: ("battery_charge", "%EL", 0),
-        L_QUALITY: ("quality", "", 0),
-        L_PF: ("pf", "/", -2),
-        L_DRV_TEMP: ("driver_temp", "Cel", -2),
-        L_HEAP: ("heap_free", "B", 0),
-        L_UPTIME: ("uptime", "s", 0),
-        L_DROPPED: ("dropped", "count", 0),
-    }
-
-
-# --- EVENT labels
-E_CODE = const(0)
-E_STATE = const(1)
-E_VALUE = const(3)
-E_TEXT = const(4)
-E_LABEL = const(5)
-E_LIMIT = const(6)
-E_ID = const(7)
 # event states
 EV_CLEARED = const(0)
 EV_RAISED = const(1)
@@ -110,14 +63,6 @@ EV_ACKED = const(3)
 EV_PAUSED = const(4)
 EV_INFO = const(5)
 
-# --- CMD / CMD_ACK labels
-C_ID = const(0)
-C_OP = const(1)
-C_ARGS = const(2)
-C_EXP = const(3)
-A_ID = const(0)
-A_STATUS = const(1)
-A_TEXT = const(2)
 # CMD_ACK status
 CS_OK = const(0)
 CS_INVALID = const(1)  # arguments refused (out of range, wrong type)
@@ -126,52 +71,61 @@ CS_FAILED = const(3)  # accepted but could not be carried out
 CS_EXPIRED = const(4)  # arrived after its expiry time
 CS_BUSY = const(5)  # refused for now (e.g. safe mode), retry later
 
-# --- TIME labels
-TM_S = const(0)
-TM_MS = const(1)
-TM_TZ = const(2)
+# labels of the maps built and parsed here: folded into the code on a node (no names in RAM); the public names
+# are in cewire.host_payloads (H_*, E_*, C_*, A_*, TM_*), and tests/test_wire.py checks that both agree
+_H_ROLE = const(0)
+_H_FW = const(1)
+_H_BOOT = const(2)
+_H_RESET = const(3)
+_H_CAPS = const(4)
+_H_BOARD = const(5)
+_H_SAFE = const(6)
+_H_RX = const(7)
+_E_CODE = const(0)
+_E_STATE = const(1)
+_E_VALUE = const(3)
+_E_TEXT = const(4)
+_E_LABEL = const(5)
+_E_LIMIT = const(6)
+_E_ID = const(7)
+_C_ID = const(0)
+_C_OP = const(1)
+_C_ARGS = const(2)
+_C_EXP = const(3)
+_A_ID = const(0)
+_A_STATUS = const(1)
+_A_TEXT = const(2)
+_TM_S = const(0)
+_TM_MS = const(1)
+_TM_TZ = const(2)
 
 
 def _req(body, label: int, kind):
     v = body.get(label) if isinstance(body, dict) else None
     if not isinstance(v, kind) or isinstance(v, bool) and kind is int:
-        raise WireError(E_PAYLOAD, "field %d missing or not %s" % (label, kind.__name__))
+        raise WireError(E_PAYLOAD, "field %d" % label)
     return v
 
 
 def _opt(body: dict, label: int, kind, default):
     v = body.get(label, default)
     if v is not default and (not isinstance(v, kind) or isinstance(v, bool) and kind is int):
-        raise WireError(E_PAYLOAD, "field %d not %s" % (label, kind.__name__))
+        raise WireError(E_PAYLOAD, "field %d" % label)
     return v
 
 
-def hello(role: str, fw: str, boot: int, reset: int, caps=(), board: str = "", safe: bool = False,
-          rx: int = 0) -> bytes:
+def hello(
+    role: str, fw: str, boot: int, reset: int, caps=(), board: str = "", safe: bool = False, rx: int = 0
+) -> bytes:
     """HELLO payload: role, firmware version, boot count, reset cause (RESET_*), capabilities, board."""
-    body = {H_ROLE: role, H_FW: fw, H_BOOT: boot, H_RESET: reset, H_CAPS: list(caps)}  # type: dict
+    body = {_H_ROLE: role, _H_FW: fw, _H_BOOT: boot, _H_RESET: reset, _H_CAPS: list(caps)}  # type: dict
     if board:
-        body[H_BOARD] = board
+        body[_H_BOARD] = board
     if safe:
-        body[H_SAFE] = True
+        body[_H_SAFE] = True
     if rx:
-        body[H_RX] = rx
+        body[_H_RX] = rx
     return cbor.dumps(body)
-
-
-def parse_hello(body) -> dict:
-    """HELLO body → {"role", "fw", "boot", "reset", "caps", "board", "safe", "rx"}."""
-    caps = _opt(body, H_CAPS, list, [])
-    return {
-        "role": _req(body, H_ROLE, str),
-        "fw": _req(body, H_FW, str),
-        "boot": _req(body, H_BOOT, int),
-        "reset": _req(body, H_RESET, int),
-        "caps": [c for c in caps if isinstance(c, str)],
-        "board": _opt(body, H_BOARD, str, ""),
-        "safe": _opt(body, H_SAFE, bool, False),
-        "rx": _opt(body, H_RX, int, 0),
-    }
 
 
 def data(values: dict) -> bytes:
@@ -184,114 +138,69 @@ def data_batch(records: list) -> bytes:
     return cbor.dumps(records)
 
 
-def parse_data(body, ts: int = 0) -> list:
-    """DATA body → list of ``(time, {label: int})``; time = ts + L_T. Non-integer values are refused."""
-    recs = body if isinstance(body, list) else [body]
-    out = []
-    for r in recs:
-        if not isinstance(r, dict):
-            raise WireError(E_PAYLOAD, "DATA record is not a map")
-        vals = {}
-        for k, v in r.items():
-            if not isinstance(k, int) or not isinstance(v, int) or isinstance(v, bool):
-                raise WireError(E_PAYLOAD, "DATA field %r must be an integer label with an integer value" % (k,))
-            if k != L_T:
-                vals[k] = v
-        out.append((ts + r.get(L_T, 0), vals))
-    return out
-
-
-def event(code: int, state: int = EV_RAISED, value=None, label: int = 0, limit=None, text: str = "",
-          eid: int = 0) -> bytes:
-    """EVENT payload: event code (EVENT_CODES), state (EV_*), optional value/limit (scaled as ``label``)."""
-    body = {E_CODE: code, E_STATE: state}  # type: dict
+def event(
+    code: int, state: int = EV_RAISED, value=None, label: int = 0, limit=None, text: str = "", eid: int = 0
+) -> bytes:
+    """EVENT payload: event code (cewire.codes), state (EV_*), optional value/limit (scaled as ``label``)."""
+    body = {_E_CODE: code, _E_STATE: state}  # type: dict
     if value is not None:
-        body[E_VALUE] = value
+        body[_E_VALUE] = value
     if label:
-        body[E_LABEL] = label
+        body[_E_LABEL] = label
     if limit is not None:
-        body[E_LIMIT] = limit
+        body[_E_LIMIT] = limit
     if text:
-        body[E_TEXT] = text
+        body[_E_TEXT] = text
     if eid:
-        body[E_ID] = eid
+        body[_E_ID] = eid
     return cbor.dumps(body)
-
-
-def parse_event(body) -> dict:
-    """EVENT body → {"code", "state", "value", "label", "limit", "text", "id"} (absent → None / 0 / "")."""
-    return {
-        "code": _req(body, E_CODE, int),
-        "state": _req(body, E_STATE, int),
-        "value": _opt(body, E_VALUE, int, None),
-        "label": _opt(body, E_LABEL, int, 0),
-        "limit": _opt(body, E_LIMIT, int, None),
-        "text": _opt(body, E_TEXT, str, ""),
-        "id": _opt(body, E_ID, int, 0),
-    }
-
-
-def ack(cums: dict) -> bytes:
-    """ACK payload ``{channel: cumulative seq}``."""
-    return cbor.dumps(cums)
 
 
 def parse_ack(body) -> dict:
     """ACK body → {channel: cum}; channels and sequence numbers must be non-negative ints."""
     if not isinstance(body, dict):
-        raise WireError(E_PAYLOAD, "ACK body is not a map")
+        raise WireError(E_PAYLOAD, "ACK not a map")
     for k, v in body.items():
         if not isinstance(k, int) or not isinstance(v, int) or k < 0 or v < 0 or isinstance(v, bool):
-            raise WireError(E_PAYLOAD, "ACK entries are channel: seq")
+            raise WireError(E_PAYLOAD, "ACK entry")
     return body
-
-
-def cmd(cmd_id: int, op: str, args=None, exp: int = 0) -> bytes:
-    """CMD payload: gateway-assigned id, operation name, argument map, optional expiry (Unix s)."""
-    body = {C_ID: cmd_id, C_OP: op}  # type: dict
-    if args:
-        body[C_ARGS] = args
-    if exp:
-        body[C_EXP] = exp
-    return cbor.dumps(body)
 
 
 def parse_cmd(body) -> tuple:
     """CMD body → (id, op, args dict, exp)."""
     return (
-        _req(body, C_ID, int),
-        _req(body, C_OP, str),
-        _opt(body, C_ARGS, dict, {}),
-        _opt(body, C_EXP, int, 0),
+        _req(body, _C_ID, int),
+        _req(body, _C_OP, str),
+        _opt(body, _C_ARGS, dict, {}),
+        _opt(body, _C_EXP, int, 0),
     )
 
 
 def cmd_ack(cmd_id: int, status: int = CS_OK, text: str = "") -> bytes:
     """CMD_ACK payload: the command's id, a status (CS_*), an optional short reason."""
-    body = {A_ID: cmd_id, A_STATUS: status}  # type: dict
+    body = {_A_ID: cmd_id, _A_STATUS: status}  # type: dict
     if text:
-        body[A_TEXT] = text
+        body[_A_TEXT] = text
     return cbor.dumps(body)
 
 
 def parse_cmd_ack(body) -> tuple:
     """CMD_ACK body → (id, status, text)."""
-    return (_req(body, A_ID, int), _req(body, A_STATUS, int), _opt(body, A_TEXT, str, ""))
-
-
-def time_sync(unix_s: int, ms: int = 0, tz_min: int = 0) -> bytes:
-    """TIME payload: UTC Unix seconds, milliseconds, local offset from UTC in minutes."""
-    body = {TM_S: unix_s}
-    if ms:
-        body[TM_MS] = ms
-    if tz_min:
-        body[TM_TZ] = tz_min
-    return cbor.dumps(body)
+    return (_req(body, _A_ID, int), _req(body, _A_STATUS, int), _opt(body, _A_TEXT, str, ""))
 
 
 def parse_time(body) -> tuple:
     """TIME body → (unix_s, ms, tz_min)."""
-    ms = _opt(body, TM_MS, int, 0)
+    ms = _opt(body, _TM_MS, int, 0)
     if not 0 <= ms <= 999:
-        raise WireError(E_PAYLOAD, "TIME ms out of range")
-    return (_req(body, TM_S, int), ms, _opt(body, TM_TZ, int, 0))
+        raise WireError(E_PAYLOAD, "field %d" % _TM_MS)
+    return (_req(body, _TM_S, int), ms, _opt(body, _TM_TZ, int, 0))
+
+
+def __getattr__(name):  # type: ignore[no-untyped-def, unused-ignore]
+    # the host half (cewire.host_payloads) on first use of one of its names; a node never asks for it
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import cewire.host_payloads
+
+    return getattr(cewire.host_payloads, name)

@@ -46,8 +46,6 @@ except ImportError:  # CPython: the same API on the monotonic clock
 
 
 from cewire import cbor, payloads
-from cewire.cobs import StreamDecoder
-from cewire.encoder import Encoder
 from cewire.errors import E_OVERSIZE, WireError
 from cewire.frame import (
     CH_BULK,
@@ -62,12 +60,14 @@ from cewire.frame import (
     T_EVENT,
     T_HELLO,
     T_TIME,
+    Encoder,
     Key,
     Keyring,
+    ReplayWindow,
+    StreamDecoder,
     channel_of,
     decode_fields,
 )
-from cewire.replay import ReplayWindow
 
 from node.outbox import OutboxFull
 
