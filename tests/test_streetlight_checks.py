@@ -119,6 +119,28 @@ def check_schedule_program_and_calendar():
     assert s.local(day(2026, 7, 1) * 86400 + 20 * 3600) == (day(2026, 7, 1), 600)
 
 
+def check_schedule_prefetch_spreads_sun_times():
+    from streetlight import astro, schedule
+
+    progs = {"default": schedule.parse_program([["sunset", 100], ["dusk+30", 60], ["dawn", 80]])}
+    s = schedule.Schedule(52.52, 13.40, progs, tz_min=60)
+    day = astro.days_from_civil(2026, 11, 18)
+    n = s.night(day)  # tonight, computed at once
+    known = len(s._sun)
+    calls = 0
+    while s.prefetch(day + 1):  # tomorrow's: one sun time per call
+        calls += 1
+        assert len(s._sun) == known + calls
+    assert calls == 4  # sunset, sunrise (clock), dusk, dawn of the next night
+    assert not s.prefetch(day + 1)  # nothing left: a cheap no-op from now on
+    before = dict(s._sun)
+    n2 = s.night(day + 1)
+    assert s._sun == before  # the new night needed no sun computation
+    assert n2.on > n.on - 5 and n2.steps[1][0] > n.steps[1][0] - 5  # the next evening, a little earlier
+    fresh = schedule.Schedule(52.52, 13.40, progs, tz_min=60).night(day + 1)
+    assert (fresh.on, fresh.off, fresh.steps) == (n2.on, n2.off, n2.steps)
+
+
 def check_schedule_parse_errors():
     from streetlight import schedule
 

@@ -1,7 +1,7 @@
 """Pure logic of the streetlight app on CPython and on the real MicroPython VM.
 
 The checks themselves live in tests/test_streetlight_checks.py (a MicroPython-compatible subset); every one
-runs here twice: on CPython, and on MicroPython 1.27 (WebAssembly port) in one shared VM session. The
+runs here twice: on CPython, and on MicroPython 1.29 (WebAssembly port) in one shared VM session. The
 astronomical clock is held to the ``astral`` package for every day of a year at latitudes -60..+60.
 """
 

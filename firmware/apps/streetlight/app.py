@@ -39,6 +39,9 @@ _FAST_MS = const(50)
 _SETTLE_MS = const(3000)  # after a fade, before power readings are judged
 _LINK_IDLE_MS = const(10000)  # link task wake-up when nothing is in flight (RX wakes it at once)
 _LINK_ALONE_MS = const(20000)  # ... while the gateway is lost (retransmissions are 60 s apart then)
+# a telemetry backlog (after an outage) goes out one frame per _LINK_PACE_MS, so the garbage of reading,
+# signing and acknowledging frames between two collections stays small; events are never paced (node.link)
+_LINK_PACE_MS = const(200)
 _WD_CONTROL = const(0)
 _WD_LINK = const(1)
 _RESETS = {"power_on": P.RESET_POWER_ON, "hard": P.RESET_HARD, "watchdog": P.RESET_WDT,
@@ -121,7 +124,7 @@ class Streetlight:
         self.link = Link(self.rx, node["node_id"], (bytes.fromhex(node["key"]), node["key_id"]),
                          self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self.on_link,
                          clock=unix_now, poll_ms=link_cfg.get("poll_ms", 100), ticks=self._ticks,
-                         lost_ms=link_cfg.get("lost_s", 90) * 1000)
+                         lost_ms=link_cfg.get("lost_s", 90) * 1000, pace_ms=link_cfg.get("pace_ms", _LINK_PACE_MS))
         stale = max(_LINK_IDLE_MS + 15000, 3 * self.s["control_ms"])
         self.wd = supervisor.Watchdog(2, timeout_ms=stale + 5000, stale_ms=stale)
         self._wdt_test = False
@@ -330,6 +333,7 @@ class Streetlight:
             night = self.sched.night(day)
             clock_on = night.clock_on(minute)
             prog = night.level(minute)
+            self.sched.prefetch(day + 1)  # the next night's sun times, one per step
         elif self.sched is not None:
             prog = self.s["programs"]["default"][0][2]
         sensor_ok = self.sample.sensor_ok and self.lux_x10 >= 0

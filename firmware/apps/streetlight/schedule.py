@@ -205,6 +205,7 @@ class Schedule:
         self.dst = dst
         self._night = None
         self._sun = {}  # (day, event) -> UTC minutes: a program change needs no new sun computation
+        self._ready = None  # day number whose night has every sun time computed (prefetch)
 
     def program_for(self, day):
         """Name of the program the calendar picks for the night whose evening is day number ``day``."""
@@ -227,17 +228,42 @@ class Schedule:
         if anchor == AT_CLOCK:
             return minutes - NOON if minutes >= NOON else minutes + NOON
         ev_day = day if evening else day + 1
-        key = ev_day * 4 + anchor
-        utc = self._sun.get(key)
+        utc = self._sun.get(ev_day * 4 + anchor)
         if utc is None:
-            if len(self._sun) > 8:
-                self._sun.clear()  # keep a night or two
-            utc = self._sun[key] = astro.sun_event(ev_day, self.lat, self.lon, anchor)
+            utc = self._sun_time(ev_day, anchor)
         if utc < 0 and (utc == astro.ALWAYS_UP or utc == astro.ALWAYS_DOWN):
             return utc
         off = utc_offset(ev_day * 86400 + 43200, self.tz_min, self.dst)
         local = int(utc + off + 0.5)  # minutes after local midnight of ev_day
         return local - NOON + (0 if evening else 1440) + minutes
+
+    def _sun_time(self, ev_day, anchor):
+        for key in [k for k in self._sun if k < (ev_day - 2) * 4]:  # keep two nights
+            del self._sun[key]
+        utc = self._sun[ev_day * 4 + anchor] = astro.sun_event(ev_day, self.lat, self.lon, anchor)
+        return utc
+
+    def prefetch(self, day):
+        """Compute at most one sun time the night of ``day`` needs; True if one was computed.
+
+        A sun time costs kilobytes of short-lived floats; called once per control step, this spreads the
+        next night's astronomy over several steps instead of the one step at noon that starts the night.
+        """
+        if self._ready == day:
+            return False
+        if self._fetch(self.on_at[0], day) or self._fetch(self.off_at[0], day + 1):
+            return True  # as night(): the clock switches on in the evening, off the next morning
+        for anchor, _, _ in self.programs[self.program_for(day)]:
+            if self._fetch(anchor, day if anchor == astro.SUNSET or anchor == astro.DUSK else day + 1):
+                return True
+        self._ready = day
+        return False
+
+    def _fetch(self, anchor, ev_day):
+        if anchor == AT_CLOCK or ev_day * 4 + anchor in self._sun:
+            return False
+        self._sun_time(ev_day, anchor)
+        return True
 
     def night(self, day):
         """The resolved :class:`Night` whose evening is day number ``day`` (cached)."""
