@@ -42,8 +42,12 @@ MEDICAL_ID = 201
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``cityedge demo``."""
     p = subparsers.add_parser("demo", help="run a whole emulated site on this machine, with a live view")
-    p.add_argument("--broker", default=None, metavar="URL",
-                   help="operations-center broker, e.g. mqtt://127.0.0.1:1883 (default: start a mosquitto)")
+    p.add_argument(
+        "--broker",
+        default=None,
+        metavar="URL",
+        help="operations-center broker, e.g. mqtt://127.0.0.1:1883 (default: start a mosquitto)",
+    )
     p.add_argument("--lights", type=int, default=3, help="emulated streetlight boards (default 3)")
     p.add_argument("--no-medical", action="store_true", help="leave out the medical board")
     p.add_argument("--no-camera", action="store_true", help="leave out the street camera (vision)")
@@ -59,16 +63,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.broker is not None and not args.broker.startswith(("mqtt://", "mqtts://")):
         raise CityedgeError(f"--broker {args.broker!r} is not an MQTT URL", hint="e.g. mqtt://127.0.0.1:1883")
     plain = args.plain or not sys.stdout.isatty()
-    demo = Demo(lights=args.lights, medical=not args.no_medical, broker_url=args.broker,
-                duration=args.duration, state_dir=args.state_dir, plain=plain, camera=not args.no_camera)
+    demo = Demo(
+        lights=args.lights,
+        medical=not args.no_medical,
+        broker_url=args.broker,
+        duration=args.duration,
+        state_dir=args.state_dir,
+        plain=plain,
+        camera=not args.no_camera,
+    )
     return asyncio.run(demo.run())
 
 
 class Demo:
     """One demo site: broker, boards (or scripted nodes), gateway, subscriber, script and view."""
 
-    def __init__(self, *, lights: int, medical: bool, broker_url: str | None, duration: float | None,
-                 state_dir: Path | None, plain: bool, camera: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        lights: int,
+        medical: bool,
+        broker_url: str | None,
+        duration: float | None,
+        state_dir: Path | None,
+        plain: bool,
+        camera: bool = True,
+    ) -> None:
         self.n_lights = lights
         self.with_camera = camera
         self.with_medical = medical
@@ -159,11 +179,23 @@ class Demo:
     def _provision(self, root: Path) -> None:
         manifest = root / "nodes.json"
         for i in range(self.n_lights):
-            self.records.append(provision(manifest, node_id=LIGHT_BASE + i, role="streetlight", site=SITE,
-                                          lat=53.5410 + 0.0004 * i, lon=9.9840 + 0.0006 * i, name=f"sl-{i + 1}"))
+            self.records.append(
+                provision(
+                    manifest,
+                    node_id=LIGHT_BASE + i,
+                    role="streetlight",
+                    site=SITE,
+                    lat=53.5410 + 0.0004 * i,
+                    lon=9.9840 + 0.0006 * i,
+                    name=f"sl-{i + 1}",
+                )
+            )
         if self.with_medical:
-            self.records.append(provision(manifest, node_id=MEDICAL_ID, role="medical", site=SITE,
-                                          lat=53.5432, lon=9.9861, name="bed-1"))
+            self.records.append(
+                provision(
+                    manifest, node_id=MEDICAL_ID, role="medical", site=SITE, lat=53.5432, lon=9.9861, name="bed-1"
+                )
+            )
 
     def _start_boards(self, root: Path) -> list[str]:
         """Emulated boards with the real firmware; [] (and a note) if they cannot run here."""
@@ -185,8 +217,15 @@ class Demo:
                 devices = None
                 if rec.role == "medical":  # the reference board plus the MAX30102 pulse oximeter
                     pins = pin_map()
-                    devices = [*default_devices(pins), {"kind": "max30102", "name": "max30102",
-                                                        "address": pins["ADDR_MAX30102"], "bus": pins["I2C_ID"]}]
+                    devices = [
+                        *default_devices(pins),
+                        {
+                            "kind": "max30102",
+                            "name": "max30102",
+                            "address": pins["ADDR_MAX30102"],
+                            "bus": pins["I2C_ID"],
+                        },
+                    ]
                 board = EmulatedBoard(flash, role=None, devices=devices)
                 board.__enter__()
                 self.boards.append(board)
@@ -216,12 +255,16 @@ class Demo:
         return ports
 
     def _config(self, ports: list[str]) -> str:
-        serial = "".join(f'[[serial]]\nname = "{rec.name}"\nport = "{port}"\nreopen_min_s = 0.2\n'
-                         for rec, port in zip(self.records, ports))
-        return (f'[gateway]\nid = "{GATEWAY}"\nstate_dir = "state"\nlog_level = "error"\n{serial}'
-                f'[nodes]\nmanifest = "nodes.json"\noffline_after_s = 120\n'
-                f'[health]\nlisten = "127.0.0.1:0"\n'
-                f'[uplink]\nurl = "{self.broker_url}"\nformat = "cbor"\nbatch_ms = 50\n')
+        serial = "".join(
+            f'[[serial]]\nname = "{rec.name}"\nport = "{port}"\nreopen_min_s = 0.2\n'
+            for rec, port in zip(self.records, ports)
+        )
+        return (
+            f'[gateway]\nid = "{GATEWAY}"\nstate_dir = "state"\nlog_level = "error"\n{serial}'
+            f'[nodes]\nmanifest = "nodes.json"\noffline_after_s = 120\n'
+            f'[health]\nlisten = "127.0.0.1:0"\n'
+            f'[uplink]\nurl = "{self.broker_url}"\nformat = "cbor"\nbatch_ms = 50\n'
+        )
 
     def _camera(self, root: Path) -> str:
         """A street camera playing a synthetic night scene (drawn by gateway.vision.scenes), with a counting
@@ -238,15 +281,25 @@ class Demo:
             self.notes.append(f"street camera left out: {exc}")
             return ""
         nodes = [r.node_id for r in self.records if r.role == "streetlight"][:2]
-        self.notes.append("street camera 'main-street' plays a synthetic night scene through the TFLite "
-                          f"detector; people in the crossing boost nodes {nodes}")
-        rule = (f'[[vision.lighting]]\ncamera = "main-street"\nzone = "crossing"\nnodes = {nodes}\n'
-                f'level = 100\nhold_s = 30\nnight = "always"\n') if nodes else ""
-        return (f'[vision]\nenabled = true\ninterval_s = 10\n'
-                f'[[vision.camera]]\nname = "main-street"\nsource = "{video}"\nfps = 5\nloop = true\n'
-                f'[[vision.camera.zone]]\nname = "crossing"\npolygon = [[0, 340], [640, 340], [640, 480], [0, 480]]\n'
-                f'[[vision.camera.line]]\nname = "main-street"\npoints = [[320, 480], [320, 0]]\n'
-                f'directions = ["eastbound", "westbound"]\n{rule}')
+        self.notes.append(
+            "street camera 'main-street' plays a synthetic night scene through the TFLite "
+            f"detector; people in the crossing boost nodes {nodes}"
+        )
+        rule = (
+            (
+                f'[[vision.lighting]]\ncamera = "main-street"\nzone = "crossing"\nnodes = {nodes}\n'
+                f'level = 100\nhold_s = 30\nnight = "always"\n'
+            )
+            if nodes
+            else ""
+        )
+        return (
+            f"[vision]\nenabled = true\ninterval_s = 10\n"
+            f'[[vision.camera]]\nname = "main-street"\nsource = "{video}"\nfps = 5\nloop = true\n'
+            f'[[vision.camera.zone]]\nname = "crossing"\npolygon = [[0, 340], [640, 340], [640, 480], [0, 480]]\n'
+            f'[[vision.camera.line]]\nname = "main-street"\npoints = [[320, 480], [320, 0]]\n'
+            f'directions = ["eastbound", "westbound"]\n{rule}'
+        )
 
     # ------------------------------------------------------------------ the operations center
     async def _subscribe(self) -> None:
@@ -272,8 +325,9 @@ class Demo:
     def _upstream(self, rec: dict[str, Any]) -> None:
         stamp = time.strftime("%H:%M:%S")
         if rec.get("type") == "state":
-            self.upstream.append(f"{stamp} gateway {rec.get('gw', '')} state: "
-                                 f"{'online' if rec.get('online') else 'offline'}")
+            self.upstream.append(
+                f"{stamp} gateway {rec.get('gw', '')} state: {'online' if rec.get('online') else 'offline'}"
+            )
             return
         if rec.get("type") != "event":
             self.upstream.append(f"{stamp} {rec.get('type')}: {json.dumps(rec)[:80]}")
@@ -284,8 +338,9 @@ class Demo:
         src, kind, lane = rec.get("src", ""), rec.get("kind", ""), rec.get("lane", "")
         text = _describe(kind, body)
         self.upstream.append(f"{stamp} {lane:<9} {src:<9} {kind:<10} {text}"[:110])
-        if lane in ("alarm", "fault") and kind == "event":
-            self.alarms.append(f"{stamp} {lane.upper():<5} {src:<9} {text}"[:110])
+        label = event_label(rec)
+        if label is not None:
+            self.alarms.append(f"{stamp} {label:<5} {src:<9} {text}"[:110])
 
     async def _publish_command(self, node_id: int, name: str, args: dict[str, Any], cid: str) -> None:
         import aiomqtt
@@ -295,8 +350,11 @@ class Demo:
         assert self.broker_url is not None
         settings = UplinkSettings(url=self.broker_url, gateway_id="ops-demo")
         async with aiomqtt.Client(settings.host, settings.port, identifier="cityedge-demo-cmd") as client:
-            await client.publish(f"cityedge/{SITE}/{GATEWAY}/cmd/{node_id}/{name}",
-                                 json.dumps({"id": cid, "args": args, "timeout_s": 20}), qos=1)
+            await client.publish(
+                f"cityedge/{SITE}/{GATEWAY}/cmd/{node_id}/{name}",
+                json.dumps({"id": cid, "args": args, "timeout_s": 20}),
+                qos=1,
+            )
         self.upstream.append(f"{time.strftime('%H:%M:%S')} ops center -> node {node_id}: {name} {args}")
 
     # ------------------------------------------------------------------ the evening's script
@@ -313,8 +371,13 @@ class Demo:
         if lights:
             steps.append((10, "lamp of sl-1 fails (open circuit)", hw_set(lights[0], "lamp", health="open")))
         if medic:
-            steps.append((1, "patient bed-1: pulse oximeter on, SpO2 97 %, pulse 75/min",
-                          hw_set(medic[0], "max30102", hr_bpm=75, spo2=97, probe_on=True)))
+            steps.append(
+                (
+                    1,
+                    "patient bed-1: pulse oximeter on, SpO2 97 %, pulse 75/min",
+                    hw_set(medic[0], "max30102", hr_bpm=75, spo2=97, probe_on=True),
+                )
+            )
             steps.append((12, "bed-1 desaturates: SpO2 falls to 78 %", hw_set(medic[0], "max30102", spo2=78)))
             steps.append((14, "patient's temperature rises to 39.8 °C", hw_set(medic[0], "max30205", celsius=39.8)))
             steps.append((24, "bed-1 recovers: SpO2 97 %", hw_set(medic[0], "max30102", spo2=97)))
@@ -347,8 +410,9 @@ class Demo:
     def _screen(self) -> list[str]:
         agent = self.agent
         t = int(time.monotonic() - self.started)
-        lines = [f"cityedge demo — site {SITE!r}, gateway {GATEWAY}, uplink {self.broker_url}   t={t}s   "
-                 "(Ctrl-C stops)"]
+        lines = [
+            f"cityedge demo — site {SITE!r}, gateway {GATEWAY}, uplink {self.broker_url}   t={t}s   (Ctrl-C stops)"
+        ]
         lines += [f"  · {n}" for n in self.notes]
         lines.append("")
         lines.append("NODES        role         state     last seen   frames  link")
@@ -359,10 +423,12 @@ class Demo:
                 continue
             age = st.age()
             seen = f"{age:5.1f} s ago" if age is not None else "never"
-            lines.append(f"  {rec.name:<10} {rec.role:<12} {'online' if st.online else 'OFFLINE':<9} "
-                         f"{seen:<11} {st.frames:>6}  {st.link.name if st.link else '-'}")
+            lines.append(
+                f"  {rec.name:<10} {rec.role:<12} {'online' if st.online else 'OFFLINE':<9} "
+                f"{seen:<11} {st.frames:>6}  {st.link.name if st.link else '-'}"
+            )
         lines.append("")
-        lines.append("ALARMS AND FAULTS (as the operations center received them)")
+        lines.append("ALARMS, FAULTS AND STATE CHANGES (as the operations center received them)")
         lines += [f"  {a}" for a in self.alarms] or ["  none"]
         lines.append("")
         lines.append(f"UPSTREAM ({self.upstream_count} events delivered by the broker)")
@@ -374,9 +440,11 @@ class Demo:
             out = agent.outbox.total if agent.outbox is not None else 0
             cmds = agent.router.counts if agent.router is not None else {}
             lines.append("")
-            lines.append(f"gateway: frames in {st.frames_in}, durable+acked {st.accepted}, rejected "
-                         f"{sum(st.rejected.values())}, duplicates {st.duplicates} | outbox {out} | uplink "
-                         f"{agent.status_line().rsplit('uplink ', 1)[-1]} | commands ok {cmds.get('ok', 0)}")
+            lines.append(
+                f"gateway: frames in {st.frames_in}, durable+acked {st.accepted}, rejected "
+                f"{sum(st.rejected.values())}, duplicates {st.duplicates} | outbox {out} | uplink "
+                f"{agent.status_line().rsplit('uplink ', 1)[-1]} | commands ok {cmds.get('ok', 0)}"
+            )
         return lines
 
     def _draw(self) -> None:
@@ -389,6 +457,19 @@ class Demo:
 
     def _print_summary(self) -> None:
         print("\n".join(["", "demo stopped.", *self._screen()[1:]]) if self.plain else "demo stopped.", flush=True)
+
+
+def event_label(rec: dict[str, Any]) -> str | None:
+    """The label of an uplink event record in the live view's event list, or None to leave it out of the list.
+
+    What the event is, as the operations-center consumer categorised it (``category``: alarm, fault, state,
+    info; gateway/ops/labels.py), not the lane it travelled in: a streetlight's override starts and ends at
+    the fault priority and is still no fault. Only node events (kind ``event``) are listed.
+    """
+    category = rec.get("category")
+    if rec.get("kind") != "event" or not isinstance(category, str):
+        return None
+    return category.upper()
 
 
 def _describe(kind: str, body: dict[str, Any]) -> str:

@@ -3,6 +3,10 @@
 ``cityedge ops tail --broker mqtt://host:port [--site S] [--json-out FILE] [--geojson FILE]`` subscribes to
 the uplink topics, decodes batches (CBOR or JSON), drops duplicates, reports gaps and prints one JSON line
 per event (or writes them to a file), and keeps a GeoJSON file of the site's nodes up to date.
+
+It runs for weeks: when the broker goes away it reconnects by itself (capped exponential backoff with
+jitter) and resumes its MQTT session, so the QoS 1 batches the broker queued meanwhile still arrive; a
+refusal that retrying cannot fix (bad credentials, not authorised) ends it with an error instead.
 """
 
 from __future__ import annotations
@@ -12,17 +16,39 @@ import asyncio
 import contextlib
 import json
 import os
+import random
+import secrets
+import signal
 import ssl
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityedge.errors import CityedgeError
 from gateway.ops.consumer import Consumer
+from gateway.uplink.client import backoff_delay
+
+RETRY_MIN_S = 1.0  # reconnection n waits a random time in [c/2, c], c = min(RETRY_MAX_S, RETRY_MIN_S * 2**n)
+RETRY_MAX_S = 30.0
+STABLE_S = 10.0  # a connection that lasted this long starts the backoff from the beginning again
+KEEPALIVE_S = 30  # a silently dead connection is noticed within 1.5 x this
+SESSION_EXPIRY_S = 3600  # default --session-expiry
+
+# CONNACK reason codes worth retrying: the broker is there but cannot take us now (MQTT 5 §3.2.2.2.; 3 is
+# MQTT 3.1.1's "server unavailable"). Every other refusal (bad user name or password, not authorised, banned,
+# client id not valid, protocol) would be refused again: the tail fails at once.
+RETRYABLE_CONNACK = frozenset({3, 136, 137, 151, 159})
 
 
 def register(subparsers: Any) -> None:
@@ -41,16 +67,52 @@ def register(subparsers: Any) -> None:
     tail.add_argument("--ca-file", type=Path)
     tail.add_argument("--cert-file", type=Path)
     tail.add_argument("--key-file", type=Path)
-    tail.add_argument("--client-id", help="MQTT client id (default: random)")
-    tail.add_argument("--from-start", action="store_true",
-                      help="lanes start at seq 1: report events dropped before the first one seen as gaps too "
-                           "(for a consumer with a persistent session since the gateway started)")
+    tail.add_argument(
+        "--client-id",
+        help="MQTT client id; the broker keeps this consumer's session (subscriptions and the "
+        "batches queued while it is away) across restarts of the tail (default: a random "
+        "id, whose session lasts as long as this run)",
+    )
+    tail.add_argument(
+        "--session-expiry",
+        type=_non_negative_int,
+        default=SESSION_EXPIRY_S,
+        metavar="SECONDS",
+        help=f"how long the broker keeps the session while the tail is disconnected (default: {SESSION_EXPIRY_S})",
+    )
+    tail.add_argument(
+        "--max-retries",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="give up after N failed connection attempts in a row (default: retry forever; "
+        "0: fail at the first lost or refused connection)",
+    )
+    tail.add_argument(
+        "--from-start",
+        action="store_true",
+        help="lanes start at seq 1: report events dropped before the first one seen as gaps too "
+        "(for a consumer with a persistent session since the gateway started)",
+    )
     tail.add_argument("--count", type=int, help="stop after this many events")
     tail.add_argument("--duration", type=float, help="stop after this many seconds")
-    tail.add_argument("--lanes", default="alarm,fault,ack,telemetry,vision",
-                      help="comma-separated lanes to subscribe to (default: all)")
+    tail.add_argument(
+        "--lanes",
+        default="alarm,fault,ack,telemetry,vision",
+        help="comma-separated lanes to subscribe to (default: all)",
+    )
     tail.set_defaults(func=_tail)
     ops.set_defaults(func=lambda args: (ops.print_help(), 2)[1])
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _tail(args: argparse.Namespace) -> int:
@@ -61,6 +123,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> aiomqtt.Client:
+    """One client for the whole run: reconnecting it keeps its queue of received messages and its client id."""
     parts = urlsplit(args.broker)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise CityedgeError(f"--broker must be mqtt://host:port or mqtts://host:port, got {args.broker!r}")
@@ -80,14 +143,20 @@ def _client(args: argparse.Namespace) -> aiomqtt.Client:
             raise CityedgeError(
                 f"cannot load the TLS files: {exc}", hint="check --ca-file/--cert-file/--key-file"
             ) from None
+    connect = Properties(PacketTypes.CONNECT)
+    connect.SessionExpiryInterval = args.session_expiry  # the broker keeps our session while we reconnect
     return aiomqtt.Client(
         parts.hostname,
         parts.port or (8883 if tls else 1883),
-        identifier=args.client_id,
+        identifier=args.client_id or f"cityedge-ops-{secrets.token_hex(6)}",
         username=args.username,
         password=password,
         tls_context=tls,
         protocol=aiomqtt.ProtocolVersion.V5,
+        # never a clean start: resume the session (a new random id has none, so it starts a fresh one)
+        clean_start=False,
+        properties=connect,
+        keepalive=KEEPALIVE_S,
         max_queued_incoming_messages=0,
     )
 
@@ -98,63 +167,211 @@ def _write_geojson(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)  # readers never see half a file
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _code(rc: int | ReasonCode | None) -> int:
+    """The number of a paho result or reason code."""
+    return rc.value if isinstance(rc, ReasonCode) else int(rc or 0)
+
+
+def _reason(exc: aiomqtt.MqttError) -> str:
+    """A short reason for a failed or lost connection, for one line on stderr."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiomqtt.MqttCodeError) else exc
+    rc = getattr(cause, "rc", None)
+    if isinstance(rc, ReasonCode):  # an MQTT 5 reason code: its name says it
+        return str(rc.getName())
+    return str(cause) or type(cause).__name__
+
+
+def refused_subscriptions(topics: Sequence[str], granted: Sequence[int | ReasonCode]) -> list[str]:
+    """``topic (reason)`` for each topic the broker's SUBACK refused (reason code 0x80 or more).
+
+    mosquitto grants a subscription its ACL forbids and then delivers nothing on it; other brokers (and
+    MQTT 5 in general) answer "Not authorized" (0x87) instead, which is what this catches.
+    """
+    refused = []
+    for topic, code in zip(topics, granted, strict=True):
+        if _code(code) >= 0x80:
+            refused.append(f"{topic} ({code.getName() if isinstance(code, ReasonCode) else code})")
+    return refused
+
+
+class Tail:
+    """One ``cityedge ops tail`` run: sessions with the broker, and what happens between them."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.consumer = Consumer(args.prefix, site=args.site, from_start=args.from_start)
+        self.base = f"{args.prefix}/{args.site or '+'}/{args.gateway or '+'}"
+        self.state_topic = f"{self.base}/state"
+        lanes = [lane.strip() for lane in args.lanes.split(",") if lane.strip()]
+        self.event_topics = [f"{self.base}/ev/{lane}" for lane in lanes]
+        self.deadline = time.monotonic() + args.duration if args.duration else None
+        self.stop = asyncio.Event()  # Ctrl-C or SIGTERM: finish cleanly
+        self.last_geo = 0.0
+        self.connected_once = False
+        self.rng = random.Random()
+
+    # ------------------------------------------------------------------ the run
+    async def run(self) -> None:
+        """Connect, consume, reconnect, until --count, --duration or stop; CityedgeError when giving up."""
+        client = _client(self.args)
+        broker = self.args.broker
+        retries = 0  # reconnection attempts since the last good connection (for --max-retries)
+        step = 0  # backoff step: only a connection that lasted STABLE_S starts it again, not a flapping one
+        lost_at: float | None = None
+        reported = ""  # the failure last reported on stderr
+        while not self.stop.is_set():
+            started = time.monotonic()
+            connected = False
+            try:
+                async with client:
+                    connected = True
+                    await self._subscribe(client)
+                    if self.connected_once:
+                        down = time.monotonic() - (lost_at or started)
+                        _say(f"reconnected to {broker} after {down:.1f} s; subscriptions resumed")
+                    else:
+                        _say(f"listening on {broker} for {self.base}/...")
+                    self.connected_once, retries, lost_at, reported = True, 0, None, ""
+                    if await self._consume(client):
+                        await self._leave(client)
+                        return
+            except MqttConnectError as exc:  # the broker answered CONNECT with a refusal
+                if _code(exc.rc) not in RETRYABLE_CONNACK:
+                    raise CityedgeError(
+                        f"{broker} refused the connection: {_reason(exc)}",
+                        hint="check --username, --password-file, the client certificate and the broker's ACL",
+                    ) from None
+                error = _reason(exc)
+            except aiomqtt.MqttError as exc:  # could not connect, or the connection was lost
+                error = _reason(exc)
+            if connected:
+                lost_at = time.monotonic()
+                if lost_at - started > STABLE_S:
+                    step = 0  # it was working: the first retries come quickly again
+                _say(f"lost the connection to {broker} ({error}); reconnecting")
+            elif error != reported:  # one line per kind of failure, not one per attempt
+                _say(f"cannot connect to {broker} ({error}); retrying, at most every {RETRY_MAX_S:g} s")
+            reported = error
+            limit = self.args.max_retries
+            if limit is not None and retries >= limit:
+                if retries:
+                    raise CityedgeError(
+                        f"gave up after {retries} attempts to reconnect to {broker}: {error}",
+                        hint="check that the broker is running and reachable",
+                    )
+                what = "lost the connection to" if connected else "cannot connect to"
+                raise CityedgeError(
+                    f"{what} {broker}: {error}", hint="check the broker address, credentials and TLS files"
+                )
+            if not await self._pause(backoff_delay(step, RETRY_MIN_S, RETRY_MAX_S, self.rng)):
+                break
+            retries += 1
+            step += 1
+        if not self.connected_once and not self.stop.is_set():
+            raise CityedgeError(
+                f"could not connect to {broker} within --duration {self.args.duration:g} s",
+                hint="check the broker address and that it is running",
+            )
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        """Subscribe at QoS 1 (as the gateway publishes); in a resumed session this changes nothing."""
+        # the retained state only for a subscription the session did not have yet: a resumed one gets no copy
+        granted: list[int | ReasonCode] = [
+            *await client.subscribe(self.state_topic, options=SubscribeOptions(qos=1, retainHandling=1))
+        ]
+        for topic in self.event_topics:
+            granted += await client.subscribe(topic, qos=1)
+        refused = refused_subscriptions([self.state_topic, *self.event_topics], granted)
+        if refused:
+            raise CityedgeError(
+                f"{self.args.broker} refused the subscription to {', '.join(refused)}",
+                hint="the broker's ACL must let this user read the uplink topics (docs/uplink.md §1)",
+            )
+
+    async def _consume(self, client: aiomqtt.Client) -> bool:
+        """Print what arrives until --count, --duration or stop (True), or until the connection drops (MqttError)."""
+        messages = client.messages.__aiter__()
+        stopped = asyncio.ensure_future(self.stop.wait())
+        receiving: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while not self.stop.is_set():
+                timeout = 1.0 if self.deadline is None else min(1.0, self.deadline - time.monotonic())
+                if timeout <= 0:
+                    return True
+                if receiving is None:  # kept across timeouts: cancelling it could drop a message just taken
+                    receiving = asyncio.ensure_future(messages.__anext__())
+                await asyncio.wait((receiving, stopped), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if receiving.done():
+                    message, receiving = receiving.result(), None  # MqttError when the connection dropped
+                    self._feed(message)
+                if self.args.geojson is not None and self.consumer.changed and time.monotonic() - self.last_geo > 1:
+                    _write_geojson(self.args.geojson, self.consumer.geojson())
+                    self.consumer.changed = False
+                    self.last_geo = time.monotonic()
+                if self.args.count is not None and self.consumer.stats.events >= self.args.count:
+                    return True
+            return True
+        finally:
+            for task in (receiving, stopped):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    def _feed(self, message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        for record in self.consumer.feed(str(message.topic), bytes(payload)):
+            self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    async def _leave(self, client: aiomqtt.Client) -> None:
+        """At the end of a run with a random client id, drop the subscriptions: nobody resumes that session,
+        so the broker should not queue batches for it until it expires. A --client-id keeps its session."""
+        if self.args.client_id:
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            for topic in (self.state_topic, *self.event_topics):
+                await client.unsubscribe(topic, timeout=2.0)
+
+    async def _pause(self, delay: float) -> bool:
+        """Wait ``delay`` seconds before the next attempt; False if --duration ends or stop comes first."""
+        if self.deadline is not None:
+            delay = min(delay, self.deadline - time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), max(0.0, delay))
+        return not self.stop.is_set() and (self.deadline is None or time.monotonic() < self.deadline)
+
+
 async def tail(args: argparse.Namespace) -> int:
-    """Run the tail until --count/--duration or Ctrl-C; returns the exit code."""
-    consumer = Consumer(args.prefix, site=args.site, from_start=args.from_start)
-    site = args.site or "+"
-    gw = args.gateway or "+"
-    base = f"{args.prefix}/{site}/{gw}"
-    lanes = [lane.strip() for lane in args.lanes.split(",") if lane.strip()]
-    out: TextIO = sys.stdout
-    opened: TextIO | None = None
-    if args.json_out is not None:
-        opened = out = args.json_out.open("a")
-    deadline = time.monotonic() + args.duration if args.duration else None
-    last_geo = 0.0
-    connected = False
+    """Run the tail until --count/--duration, Ctrl-C or SIGTERM; returns the exit code."""
     try:
-        async with _client(args) as client:
-            connected = True
-            await client.subscribe(f"{base}/state", qos=1)
-            for lane in lanes:
-                await client.subscribe(f"{base}/ev/{lane}", qos=1)
-            print(f"listening on {args.broker} for {base}/...", file=sys.stderr, flush=True)
-            messages = client.messages.__aiter__()
-            while True:
-                timeout = None if deadline is None else deadline - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    break
-                try:
-                    message = await asyncio.wait_for(messages.__anext__(), timeout=min(timeout or 1.0, 1.0))
-                except TimeoutError:
-                    message = None
-                if message is not None:
-                    payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
-                    for record in consumer.feed(str(message.topic), bytes(payload)):
-                        out.write(json.dumps(record, separators=(",", ":")) + "\n")
-                    out.flush()
-                if args.geojson is not None and consumer.changed and time.monotonic() - last_geo > 1.0:
-                    _write_geojson(args.geojson, consumer.geojson())
-                    consumer.changed = False
-                    last_geo = time.monotonic()
-                if args.count is not None and consumer.stats.events >= args.count:
-                    break
-    except aiomqtt.MqttError as exc:
-        raise CityedgeError(
-            f"lost or could not open the connection to {args.broker}: {exc}",
-            hint="check the broker address, credentials and TLS files",
-        ) from None
+        opened = args.json_out.open("a") if args.json_out is not None else None
+    except OSError as exc:
+        raise CityedgeError(f"cannot open {args.json_out}: {exc.strerror}") from None
+    run = Tail(args, opened or sys.stdout)
+    loop = asyncio.get_running_loop()
+    signals = []
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only live there
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, run.stop.set)
+            signals.append(sig)
+    try:
+        await run.run()
     finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
         if args.geojson is not None:
             with contextlib.suppress(OSError):
-                _write_geojson(args.geojson, consumer.geojson())
+                _write_geojson(args.geojson, run.consumer.geojson())
         if opened is not None:
             opened.close()
-        s = consumer.stats
-        if connected:
-            print(
+        s = run.consumer.stats
+        if run.connected_once:
+            _say(
                 f"events {s.events}, duplicates dropped {s.duplicates}, missing {s.missing}, late {s.late}, "
-                f"malformed {s.malformed}, gateway reconnects {s.restarts}",
-                file=sys.stderr,
+                f"malformed {s.malformed}, gateway reconnects {s.restarts}"
             )
     return 0

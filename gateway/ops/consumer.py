@@ -24,11 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.events import Priority
+from gateway.ops.labels import Category, event_category
 from gateway.uplink import codec
 from gateway.uplink.topics import parse_topic
 
 MAX_TRACKED_HOLES = 100_000  # per lane; beyond this, holes are counted but not remembered one by one
+# events that never count as a node's raised alarms or faults (an override is not one, whatever its priority)
+_NOT_ALARMS = (Category.STATE, Category.INFO)
 
 
 @dataclass
@@ -156,8 +158,18 @@ class Consumer:
             self.stats.missing += last - first + 1
             if len(lane.holes) + (last - first + 1) <= MAX_TRACKED_HOLES:
                 lane.holes.update(range(first, last + 1))
-            out.append({"type": "gap", "site": site, "gw": ev.gateway, "src": ev.source,
-                        "lane": ev.priority.lane, "from": first, "to": last, "missing": last - first + 1})
+            out.append(
+                {
+                    "type": "gap",
+                    "site": site,
+                    "gw": ev.gateway,
+                    "src": ev.source,
+                    "lane": ev.priority.lane,
+                    "from": first,
+                    "to": last,
+                    "missing": last - first + 1,
+                }
+            )
             lane.last = ev.seq
         elif ev.seq in lane.holes:
             lane.holes.discard(ev.seq)
@@ -169,6 +181,9 @@ class Consumer:
             return out
         self.stats.events += 1
         record = {"type": "event", "site": site, **ev.as_dict()}
+        category = event_category(ev.kind, ev.body, ev.priority.lane)
+        if category is not None:
+            record["category"] = category.value  # what it is (the lane says how urgent it is)
         if late:
             record["late"] = True
         out.append(record)
@@ -192,9 +207,9 @@ class Consumer:
                 node.online = body["online"]
         elif ev.kind == "hello":
             node.online = True
-        elif ev.kind == "event":
+        elif ev.kind == "event" and event_category(ev.kind, body, ev.priority.lane) not in _NOT_ALARMS:
             name = str(body.get("name", body.get("code", "event")))
-            if body.get("state") in ("raised", "escalated") and ev.priority >= Priority.FAULT:
+            if body.get("state") in ("raised", "escalated"):
                 node.alarms[name] = {k: v for k, v in body.items() if k in ("value", "limit", "unit", "state")}
             elif body.get("state") == "cleared":
                 node.alarms.pop(name, None)
@@ -219,8 +234,13 @@ class Consumer:
         if gw is None:
             gw = self.gateways[(site, gateway)] = GatewayView(site, gateway)
         bd = int(doc["bdSeq"])
-        record: dict[str, Any] = {"type": "state", "site": site, "gw": gateway, "online": bool(doc["online"]),
-                                  "bdSeq": bd}
+        record: dict[str, Any] = {
+            "type": "state",
+            "site": site,
+            "gw": gateway,
+            "online": bool(doc["online"]),
+            "bdSeq": bd,
+        }
         if doc["online"]:
             if gw.bd_seq is not None and bd != gw.bd_seq:
                 self.stats.restarts += 1
