@@ -63,8 +63,11 @@ def test_line_counts_match_ground_truth(backend: str, street_video: tuple) -> No
     expected = {label: dirs for label, dirs in expected.items() if dirs}
     total = sum(n for dirs in expected.values() for n in dirs.values())
     assert total >= 8, "the test video should have enough crossings to mean something"
-    errors = sum(abs(counted.get(lb, {}).get(d, 0) - expected.get(lb, {}).get(d, 0))
-                 for lb in set(counted) | set(expected) for d in ("ltr", "rtl"))
+    errors = sum(
+        abs(counted.get(lb, {}).get(d, 0) - expected.get(lb, {}).get(d, 0))
+        for lb in set(counted) | set(expected)
+        for d in ("ltr", "rtl")
+    )
     assert errors <= 1, f"counted {counted}, truth {expected}"
     assert an.detections_run < an.frames  # the motion gate skipped frames with nothing moving
 
@@ -84,10 +87,11 @@ def test_quiet_scene_never_runs_the_detector() -> None:
 class FlakySource:
     """Fails to open ``fail_opens`` times, then gives ``frames_per_open`` frames and ends (a drop-out)."""
 
-    def __init__(self, frames: list[np.ndarray], fail_opens: int, frames_per_open: int) -> None:
+    def __init__(self, frames: list[np.ndarray], fail_opens: int, frames_per_open: int, pace_fps: float = 200) -> None:
         self.frames = frames
         self.fail_opens = fail_opens
         self.per_open = frames_per_open
+        self.pace_fps = pace_fps
         self.opens = 0
         self.attempts = 0
 
@@ -96,12 +100,17 @@ class FlakySource:
         if self.attempts <= self.fail_opens:
             raise CaptureError("camera unplugged (simulated)")
         self.opens += 1
-        return ArraySource(self.frames[: self.per_open], pace_fps=200)
+        return ArraySource(self.frames[: self.per_open], pace_fps=self.pace_fps)
 
 
 def _camera(**kw: Any) -> CameraConfig:
-    base: dict[str, Any] = {"name": "north", "source": "memory", "reconnect_min_s": 0.02,
-                               "reconnect_max_s": 0.1, "stall_s": 0.3}
+    base: dict[str, Any] = {
+        "name": "north",
+        "source": "memory",
+        "reconnect_min_s": 0.02,
+        "reconnect_max_s": 0.1,
+        "stall_s": 0.3,
+    }
     base.update(kw)
     return CameraConfig(**base)
 
@@ -127,8 +136,13 @@ def test_camera_worker_survives_dropouts_and_reports_state(street_video: tuple) 
             events.extend(evs)
 
     src = FlakySource(frames[:120], fail_opens=2, frames_per_open=40)
-    worker = CameraWorker(_camera(), FrameAnalyzer(det, Analytics([], [LINE])), sink, source_factory=src,
-                          on_state=lambda cam, st, detail: states.append(st))
+    worker = CameraWorker(
+        _camera(),
+        FrameAnalyzer(det, Analytics([], [LINE])),
+        sink,
+        source_factory=src,
+        on_state=lambda cam, st, detail: states.append(st),
+    )
     worker.start()
     try:
         assert _wait(lambda: src.opens >= 3 and worker.frames_captured >= 100)
@@ -148,8 +162,13 @@ def test_malformed_frames_are_counted_and_dropped(street_video: tuple) -> None:
     bad = [np.zeros((480, 640), np.uint8), np.zeros((0, 0, 3), np.uint8)]  # grey, empty
     feed = [*frames[100:105], bad[0], *frames[105:110], bad[1], *frames[110:115]]
     src = FlakySource(feed, fail_opens=0, frames_per_open=len(feed))
-    worker = CameraWorker(_camera(), FrameAnalyzer(det, Analytics([], [LINE])), lambda c, e: None,
-                          source_factory=lambda: src() if src.opens == 0 else ArraySource([]), lossless=True)
+    worker = CameraWorker(
+        _camera(),
+        FrameAnalyzer(det, Analytics([], [LINE])),
+        lambda c, e: None,
+        source_factory=lambda: src() if src.opens == 0 else ArraySource([]),
+        lossless=True,
+    )
     worker.start()
     try:
         assert _wait(lambda: worker.frames_analyzed >= 15)
@@ -162,8 +181,13 @@ def test_camera_that_stays_away_is_reported_lost() -> None:
     det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
     states: list[str] = []
     src = FlakySource([], fail_opens=10_000, frames_per_open=0)
-    worker = CameraWorker(_camera(), FrameAnalyzer(det, Analytics([], [])), lambda c, e: None, source_factory=src,
-                          on_state=lambda cam, st, detail: states.append(st))
+    worker = CameraWorker(
+        _camera(),
+        FrameAnalyzer(det, Analytics([], [])),
+        lambda c, e: None,
+        source_factory=src,
+        on_state=lambda cam, st, detail: states.append(st),
+    )
     worker.start()
     try:
         assert _wait(lambda: "lost" in states, 5.0)
@@ -190,8 +214,9 @@ def test_opencv_file_capture_paced_and_looping(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- service
 
 
-async def _run_service(cfg: VisionConfig, sources: dict, until,
-                       timeout: float = 20.0) -> tuple[list[Event], VisionService]:
+async def _run_service(
+    cfg: VisionConfig, sources: dict, until, timeout: float = 20.0
+) -> tuple[list[Event], VisionService]:
     published: list[Event] = []
 
     async def publish(ev: Event) -> None:
@@ -261,3 +286,44 @@ async def test_snapshots_are_off_by_default_and_blurred_when_on(street_video: tu
         assert np.abs(img[y0:y1, x0:x1].astype(np.int16) - original).mean() > 8
     with pytest.raises(CityedgeError, match="no camera named"):
         vs_on.snapshot("south")
+
+
+class RecordingAnalyzer(FrameAnalyzer):
+    """The real analyzer, remembering what its tracking stage saw, in the order it saw it."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.seen: list[list[tuple[str, tuple[float, float, float, float]]]] = []
+
+    def track(self, r: Any) -> Any:
+        result = super().track(r)
+        self.seen.append([(d.label, d.box) for d in result.detections])
+        return result
+
+
+def test_lossless_worker_analyses_every_frame_in_order(street_video: tuple) -> None:
+    """With the capture thread running ahead of inference (lossless), the tracker still gets every frame,
+    once, in camera order: its per-frame detections equal a synchronous run over the same frames."""
+    frames, _ = street_video
+    feed = frames[60:180]
+    det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
+    reference = RecordingAnalyzer(det, Analytics([], [LINE]))
+    for i, frame in enumerate(feed):
+        reference.analyze(frame, i / FPS)
+    assert sum(1 for dets in reference.seen if dets) > 60  # a busy stretch: order mismatches would show
+    live = RecordingAnalyzer(Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0]), Analytics([], [LINE]))
+    src = FlakySource(feed, fail_opens=0, frames_per_open=len(feed), pace_fps=0)  # as fast as it takes them
+    worker = CameraWorker(
+        _camera(),
+        live,
+        lambda c, e: None,
+        source_factory=lambda: src() if src.opens == 0 else ArraySource([]),
+        lossless=True,
+    )
+    worker.start()
+    try:
+        assert _wait(lambda: worker.frames_analyzed >= len(feed))
+    finally:
+        worker.stop()
+    assert worker.frames_skipped == 0 and worker.frames_analyzed == len(feed)
+    assert live.seen == reference.seen

@@ -4,16 +4,26 @@
 (:mod:`gateway.vision.pipeline`) reads from it in its own thread and reopens it with backoff when it fails.
 Files are played at the configured frame rate (like a camera), optionally looping; a file's end is
 treated like a camera dropping out unless it loops.
+
+Frame size (a camera's ``capture_size``): a V4L2 device is asked for it (``CAP_PROP_FRAME_WIDTH`` /
+``HEIGHT``; the driver picks its nearest supported mode, which is logged when it differs). An RTSP/HTTP
+stream's size is chosen by its URL (the camera's sub-stream, see docs/vision.md): the first frame of
+another size is logged as a warning, since the URL probably names the main stream. Files and in-memory
+sources deliver what they hold. Whatever size comes, the pipeline scales detections into the frame the
+zones were drawn on.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class FrameSource(Protocol):
@@ -46,11 +56,16 @@ class _Pacer:
 
 
 class OpenCVSource:
-    """``cv2.VideoCapture`` on a device, URL or file. ``pace_fps`` > 0 plays files in real time."""
+    """``cv2.VideoCapture`` on a device, URL or file. ``pace_fps`` > 0 plays files in real time;
+    ``size`` (width, height): the frame size wanted (asked of V4L2 devices, checked on network streams)."""
 
-    def __init__(self, source: str, *, pace_fps: float = 0.0, loop: bool = False) -> None:
+    def __init__(
+        self, source: str, *, pace_fps: float = 0.0, loop: bool = False, size: tuple[int, int] | None = None
+    ) -> None:
         self.source = source
-        self._is_file = not (source.isdigit() or source.startswith("/dev/") or "://" in source)
+        self.size = size
+        is_device = source.isdigit() or source.startswith("/dev/")
+        self._is_file = not (is_device or "://" in source)
         if source.isdigit():
             cap = cv2.VideoCapture(int(source), cv2.CAP_V4L2)
         elif source.startswith("/dev/"):
@@ -62,6 +77,14 @@ class OpenCVSource:
             raise CaptureError(f"cannot open video source {source!r}")
         if not self._is_file:
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # live sources: keep only the newest frame
+        if is_device and size is not None:
+            # the driver picks its nearest mode; what it picked is read back and said if it differs
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
+            got = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            if got != size:
+                log.warning("%s: asked for %dx%d frames, the device delivers %dx%d", source, *size, *got)
+        self._check_first = size is not None and "://" in source
         self._cap = cap
         self._pacer = _Pacer(pace_fps if self._is_file else 0.0)
         self._loop = loop and self._is_file
@@ -72,6 +95,17 @@ class OpenCVSource:
         if not ok and self._loop:
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self._cap.read()
+        if ok and self._check_first and self.size is not None:
+            self._check_first = False
+            got = (frame.shape[1], frame.shape[0])
+            if got != self.size:
+                log.warning(
+                    "%s: capture_size is %dx%d but the stream delivers %dx%d; the URL of the "
+                    "camera's sub-stream gives small frames (docs/vision.md)",
+                    self.source,
+                    *self.size,
+                    *got,
+                )
         return frame if ok else None
 
     def close(self) -> None:
@@ -99,6 +133,9 @@ class ArraySource:
         self._it = iter(())
 
 
-def open_source(source: str, *, fps: float = 0.0, loop: bool = False) -> FrameSource:
-    """Open a camera's ``source`` (raises :class:`CaptureError` if it cannot be opened now)."""
-    return OpenCVSource(source, pace_fps=fps, loop=loop)
+def open_source(
+    source: str, *, fps: float = 0.0, loop: bool = False, size: tuple[int, int] | None = None
+) -> FrameSource:
+    """Open a camera's ``source`` (raises :class:`CaptureError` if it cannot be opened now); ``size``: the
+    camera's ``capture_size``, if configured."""
+    return OpenCVSource(source, pace_fps=fps, loop=loop, size=size)

@@ -40,6 +40,16 @@ class CameraConfig:
     keepalive_s: float = 1.0  # analyse at least this often while tracks are alive (dwell/stopped alerts)
     zones: tuple[Zone, ...] = ()
     lines: tuple[CountLine, ...] = ()
+    # (width, height) asked of a V4L2 camera; network streams and files deliver what they deliver
+    capture_size: tuple[int, int] | None = None
+    # (width, height) of the frame the zone and line coordinates were drawn on; frames of another size
+    # have their detections scaled into it. None: capture_size if set, else the frames' own size
+    zone_frame: tuple[int, int] | None = None
+
+    @property
+    def geometry_size(self) -> tuple[int, int] | None:
+        """The frame size zones, lines and reported boxes are in (None: each frame's own pixels)."""
+        return self.zone_frame or self.capture_size
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,34 @@ def _points(s: _Section, key: str, n_min: int, n_max: int | None = None) -> tupl
     return tuple((float(p[0]), float(p[1])) for p in raw)
 
 
+def _size(s: _Section, key: str) -> tuple[int, int] | None:
+    """An optional ``[width, height]`` frame size in pixels."""
+    raw = s.raw(key)
+    if raw is None:
+        return None
+    ok = (isinstance(raw, list) and len(raw) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) for v in raw))
+    if not ok:
+        raise s.error(key, f"must be [width, height] in whole pixels, got {raw!r}", hint="e.g. [320, 240]")
+    w, h = raw
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise s.error(key, f"width and height must be 16..8192 pixels, got {w}x{h}")
+    return int(w), int(h)
+
+
+def _inside(s: _Section, key: str, points: tuple[tuple[float, float], ...], size: tuple[int, int] | None,
+            size_key: str) -> None:
+    """Points drawn for a frame of ``size`` must lie on it (catches zones drawn on another stream's size)."""
+    if size is None:
+        return
+    w, h = size
+    for x, y in points:
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise s.error(key, f"point [{x:g}, {y:g}] is outside the {w}x{h} frame of {size_key}",
+                          hint="coordinates are pixels of that frame; set zone_frame to the size they were "
+                               "drawn on and they are scaled to the stream's")
+
+
 def _classes(s: _Section, key: str, default: frozenset[str] = frozenset()) -> frozenset[str]:
     raw = s.raw(key)
     if raw is None:
@@ -141,6 +179,10 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
             if not p.exists():
                 raise c.error("source", f"video file {p} does not exist")
             src = str(p)
+        capture_size = _size(c, "capture_size")
+        zone_frame = _size(c, "zone_frame")
+        geometry = zone_frame or capture_size
+        geometry_key = c.key("zone_frame" if zone_frame else "capture_size")
         zones: list[Zone] = []
         for j, zitem in enumerate(_tables(c, "zone")):
             z = _Section(file, f"vision.camera[{i}].zone[{j}]", zitem)
@@ -149,7 +191,9 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
                 raise z.error("name", f"duplicate zone name {zname!r}")
             dwell = z.raw("dwell_s")
             stopped = z.raw("stopped_s")
-            zone = Zone(zname, _points(z, "polygon", 3), _classes(z, "classes"),
+            polygon = _points(z, "polygon", 3)
+            _inside(z, "polygon", polygon, geometry, geometry_key)
+            zone = Zone(zname, polygon, _classes(z, "classes"),
                         z.number("dwell_s", 0.0, low=0.1, high=86400) if dwell is not None else None,
                         z.number("stopped_s", 0.0, low=0.1, high=86400) if stopped is not None else None)
             z.finish()
@@ -159,6 +203,7 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
             ls = _Section(file, f"vision.camera[{i}].line[{j}]", litem)
             lname = _name(ls, "name")
             a, b = _points(ls, "points", 2, 2)
+            _inside(ls, "points", (a, b), geometry, geometry_key)
             dirs = ls.raw("directions") or ["a_to_b", "b_to_a"]
             if not (isinstance(dirs, list) and len(dirs) == 2 and all(isinstance(d, str) and d for d in dirs)):
                 raise ls.error("directions", f"must be two names, got {dirs!r}")
@@ -176,6 +221,7 @@ def parse_vision(file: Path, data: Any) -> VisionConfig:
             motion_min_area=c.number("motion_min_area", 0.0015, low=0.0, high=1.0),
             keepalive_s=c.number("keepalive_s", 1.0, low=0.05, high=60),
             zones=tuple(zones), lines=tuple(lines),
+            capture_size=capture_size, zone_frame=zone_frame,
         )
         c.finish()
         cameras.append(cam)

@@ -56,31 +56,41 @@ def suppress_duplicates(found: list[Detection], max_iou: float, max_cover: float
     Models suppress per class; the same object seen as both "cyclist" and "vehicle" would otherwise become
     two tracks (and two counts). A weak box mostly inside clearly better ones (score lower by 0.2 or more;
     the covered shares are summed, so an overlap counted twice errs towards keeping less) is a ghost of
-    the overlap of two objects, not a third object. The pairwise overlaps are computed once, in numpy.
+    the overlap of two objects, not a third object.
+
+    Plain Python on purpose: a frame has a dozen boxes, most pairs do not touch, and per-call numpy
+    overhead on 12×12 arrays cost several times the arithmetic (and held the GIL the detector thread
+    was waiting for).
     """
     if len(found) < 2 or max_iou >= 1.0:
         return found
-    ordered = sorted(found, key=lambda d: -d.score)
-    boxes = np.array([d.box for d in ordered], np.float64)
-    scores = np.array([d.score for d in ordered], np.float64)
-    ix = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0]),
-                 0.0, None)
-    iy = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1]),
-                 0.0, None)
-    inter = ix * iy
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area[:, None] + area[None, :] - inter
-    overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    inside = inter / np.maximum(area, 1e-6)[:, None]  # [i, k]: share of box i inside box k
-    clearly_better = scores[None, :] >= scores[:, None] + 0.2
-    kept: list[int] = []
-    for i in range(len(ordered)):
-        if kept:
-            k = np.array(kept)
-            if overlap[i, k].max() > max_iou or inside[i, k][clearly_better[i, k]].sum() >= max_cover:
+    kept: list[Detection] = []
+    kept_area: list[float] = []
+    for d in sorted(found, key=lambda d: -d.score):
+        x0, y0, x1, y1 = d.box
+        area = (x1 - x0) * (y1 - y0)
+        better = d.score + 0.2
+        covered = 0.0
+        duplicate = False
+        for k, k_area in zip(kept, kept_area):
+            kx0, ky0, kx1, ky1 = k.box
+            ix = min(x1, kx1) - max(x0, kx0)
+            if ix <= 0.0:
                 continue
-        kept.append(i)
-    return [ordered[i] for i in kept]
+            iy = min(y1, ky1) - max(y0, ky0)
+            if iy <= 0.0:
+                continue
+            inter = ix * iy
+            union = area + k_area - inter
+            if union > 0.0 and inter / union > max_iou:
+                duplicate = True
+                break
+            if k.score >= better:
+                covered += inter / max(area, 1e-6)
+        if not duplicate and covered < max_cover:
+            kept.append(d)
+            kept_area.append(area)
+    return kept
 
 
 class ModelError(CityedgeError):
@@ -101,14 +111,18 @@ def installed_backends() -> list[str]:
 
 def _interpreter_class(backend: str) -> Any:
     module = {"ai_edge_litert": "ai_edge_litert.interpreter", "tflite_runtime": "tflite_runtime.interpreter"}.get(
-        backend)
+        backend
+    )
     if module is None:
         raise ModelError(f"unknown TFLite backend {backend!r}", hint=f"use one of: {', '.join(BACKENDS)}")
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        hint = ("pip install ai-edge-litert" if backend == "ai_edge_litert"
-                else "pip install 'tflite-runtime==2.14.*' 'numpy<2' (Python ≤ 3.11)")
+        hint = (
+            "pip install ai-edge-litert"
+            if backend == "ai_edge_litert"
+            else "pip install 'tflite-runtime==2.14.*' 'numpy<2' (Python ≤ 3.11)"
+        )
         raise ModelError(f"TFLite backend {backend} is not installed ({exc})", hint=hint) from exc
 
 
@@ -171,8 +185,10 @@ class Detector:
             self._interp = mod.Interpreter(**kwargs)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load TFLite model {self.model_path}: {exc}",
-                             hint="is it a .tflite file made for this runtime version?") from exc
+            raise ModelError(
+                f"cannot load TFLite model {self.model_path}: {exc}",
+                hint="is it a .tflite file made for this runtime version?",
+            ) from exc
         self.labels = list(load_labels(labels) if isinstance(labels, str | os.PathLike) else (labels or []))
         self.min_score = min_score
         self.iou_threshold = iou_threshold
@@ -180,14 +196,28 @@ class Detector:
         self._mean, self._std = input_mean, input_std
         inputs = self._interp.get_input_details()
         if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][3] != 3:
-            raise ModelError(f"{self.model_path}: expected one image input [1, H, W, 3], got "
-                             f"{[list(d['shape']) for d in inputs]}")
+            raise ModelError(
+                f"{self.model_path}: expected one image input [1, H, W, 3], got {[list(d['shape']) for d in inputs]}"
+            )
         self._input = inputs[0]
         self.input_size = (int(self._input["shape"][2]), int(self._input["shape"][1]))  # w, h
         self._outputs = self._interp.get_output_details()
         self.kind, self._out_index = self._choose_adapter()
-        log.info("loaded %s with %s: %s adapter, input %s %s", self.model_path.name, backend, self.kind,
-                 self.input_size, np.dtype(self._input["dtype"]).name)
+        # (index, scale, zero point) of each output the adapter reads; scale 0: used as it comes
+        self._out_quant: list[tuple[int, float, int]] = []
+        for index in self._out_index:
+            detail = next(d for d in self._outputs if int(d["index"]) == index)
+            scale, zero = detail["quantization"]
+            quantized = np.dtype(detail["dtype"]) in (np.dtype(np.int8), np.dtype(np.uint8))
+            self._out_quant.append((index, float(scale) if quantized else 0.0, int(zero)))
+        log.info(
+            "loaded %s with %s: %s adapter, input %s %s",
+            self.model_path.name,
+            backend,
+            self.kind,
+            self.input_size,
+            np.dtype(self._input["dtype"]).name,
+        )
 
     # ------------------------------------------------------------------ adapter choice
 
@@ -207,9 +237,11 @@ class Detector:
             return "yolo", [int(self._outputs[0]["index"])]
         if len(shapes) == 1 and len(shapes[0]) == 2:
             return "classifier", [int(self._outputs[0]["index"])]
-        raise ModelError(f"{self.model_path}: outputs {shapes} match no known model kind",
-                         hint="supported: SSD with TFLite_Detection_PostProcess, YOLO-style [1,N,5+C] or "
-                              "[1,4+C,N], classifier [1,C]")
+        raise ModelError(
+            f"{self.model_path}: outputs {shapes} match no known model kind",
+            hint="supported: SSD with TFLite_Detection_PostProcess, YOLO-style [1,N,5+C] or "
+            "[1,4+C,N], classifier [1,C]",
+        )
 
     def _ssd_order_by_shape(self, shapes: list[tuple[int, ...]]) -> list[int]:
         # Without op details: boxes are 3-D, count 1-D; of the two [1,N] outputs, the signature's order
@@ -251,14 +283,6 @@ class Detector:
             return (rgb.astype(np.int16) - 128).astype(np.int8)[None]
         return ((rgb.astype(np.float32) - self._mean) / self._std)[None].astype(dtype)
 
-    def _dequantize(self, index: int, raw: np.ndarray) -> np.ndarray:
-        if raw.dtype in (np.int8, np.uint8):
-            detail = next(d for d in self._outputs if int(d["index"]) == index)
-            scale, zero = detail["quantization"]
-            if scale:
-                return (raw.astype(np.float32) - zero) * scale
-        return raw
-
     def _prepare(self, image: np.ndarray) -> np.ndarray:
         return self.tensor(self.resize(image))
 
@@ -269,7 +293,8 @@ class Detector:
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Run the model on a prepared input; returns copies of the outputs the adapter reads (float)."""
         self.invoke_prepared(tensor)
-        return [self._dequantize(i, self._interp.get_tensor(i)) for i in self._out_index]
+        get = self._interp.get_tensor
+        return [(get(i).astype(np.float32) - zero) * scale if scale else get(i) for i, scale, zero in self._out_quant]
 
     def decode(self, outputs: list[np.ndarray], frame_size: tuple[int, int]) -> list[Detection]:
         """Detections (frame pixels) from :meth:`infer` outputs; ``frame_size`` = (width, height)."""
@@ -282,8 +307,12 @@ class Detector:
             raise ModelError("decode() is for detectors; classifiers use detect()")
         return suppress_duplicates(found, self.agnostic_iou)
 
-    def detect(self, frame: np.ndarray, regions: Sequence[tuple[int, int, int, int]] | None = None,
-               tensor: np.ndarray | None = None) -> list[Detection]:
+    def detect(
+        self,
+        frame: np.ndarray,
+        regions: Sequence[tuple[int, int, int, int]] | None = None,
+        tensor: np.ndarray | None = None,
+    ) -> list[Detection]:
         """Detections in ``frame`` (BGR, any size). ``regions`` (x0, y0, x1, y1) only matter to classifiers;
         ``tensor``: the frame already prepared with :meth:`prepare` (saves the resize)."""
         if self.kind == "classifier":
@@ -304,15 +333,20 @@ class Detector:
         return str(class_id)
 
     def _decode_ssd(self, outputs: list[np.ndarray], fw: int, fh: int) -> list[Detection]:
-        boxes, classes, scores, count_t = (o.reshape(-1) if i else o for i, o in enumerate(outputs))
-        boxes = boxes.reshape(-1, 4)
+        boxes, classes, scores, count_t = (o.reshape(-1) for o in outputs)
         count = min(int(count_t[0]), len(scores))
-        keep = np.nonzero(scores[:count] >= self.min_score)[0]
+        keep = np.flatnonzero(scores[:count] >= self.min_score)
+        if not len(keep):
+            return []
         out = []
-        for (y0, x0, y1, x1), cid, score in zip(np.clip(boxes[keep], 0.0, 1.0).tolist(),
-                                                 classes[keep].astype(int).tolist(), scores[keep].tolist()):
+        label = self._label
+        for (y0, x0, y1, x1), cid, score in zip(
+            np.clip(boxes.reshape(-1, 4)[keep], 0.0, 1.0).tolist(),
+            classes[keep].astype(int).tolist(),
+            scores[keep].tolist(),
+        ):
             cut = min(x0, y0) < EDGE or max(x1, y1) > 1.0 - EDGE
-            out.append(Detection(self._label(cid), score, (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid, cut))
+            out.append(Detection(label(cid), score, (x0 * fw, y0 * fh, x1 * fw, y1 * fh), cid, cut))
         return out
 
     def _decode_yolo(self, outputs: list[np.ndarray], fw: int, fh: int) -> list[Detection]:
@@ -352,10 +386,13 @@ class Detector:
             kept = cv2.dnn.NMSBoxes(rects, [float(score[i]) for i in sel], self.min_score, self.iou_threshold)
             for k in np.array(kept).reshape(-1):
                 i = sel[int(k)]
-                box = (max(0.0, float(x0[i])), max(0.0, float(y0[i])), min(float(fw), float(x1[i])),
-                       min(float(fh), float(y1[i])))
-                cut = (min(box[0] / fw, box[1] / fh) < EDGE or box[2] / fw > 1.0 - EDGE
-                       or box[3] / fh > 1.0 - EDGE)
+                box = (
+                    max(0.0, float(x0[i])),
+                    max(0.0, float(y0[i])),
+                    min(float(fw), float(x1[i])),
+                    min(float(fh), float(y1[i])),
+                )
+                cut = min(box[0] / fw, box[1] / fh) < EDGE or box[2] / fw > 1.0 - EDGE or box[3] / fh > 1.0 - EDGE
                 out.append(Detection(self._label(int(c)), float(score[i]), box, int(c), cut))
         out.sort(key=lambda d: -d.score)
         return out

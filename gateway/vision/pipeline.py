@@ -2,8 +2,11 @@
 
 Three threads per camera, so a slow detector never builds a backlog:
 
-* the **capture thread** reads every frame, runs the (cheap) motion gate on it and, if something moved,
-  prepares the model input; only the newest such frame waits in a one-slot mailbox. When the source fails
+* the **capture thread** reads every frame, resizes it once to the model input (which the motion gate
+  also judges) and, if something moved, prepares the input tensor; for a live camera only the newest such
+  frame waits for inference (one-slot mailbox). A lossless worker (benchmarks, in-memory sources) instead
+  queues up to ``LOSSLESS_AHEAD`` frames, in order, so that the resize of the next frames overlaps the
+  invoke of this one without a late capture idling the detector. When the source fails
   it reports ``reconnecting`` and reopens it with exponential backoff and jitter (a camera that does not
   come back is reported ``lost``);
 * the **inference thread** takes the newest frame whenever it is free and invokes the detector if the gate
@@ -12,9 +15,17 @@ Three threads per camera, so a slow detector never builds a backlog:
 * the **tracking thread** decodes the model outputs, runs the tracker and the zone/line analytics, in
   order, and hands the events to a callback.
 
+Frame size: zones and counting lines are drawn on a frame of one size (the camera's ``zone_frame`` or
+``capture_size``); the analyzer reports detections, tracks and events in that frame's pixels whatever
+size the stream delivers (the model's outputs are relative to the image, so they are decoded straight
+into it), so a camera switched to its 320×240 sub-stream keeps the zones drawn on its 640×480 picture.
+
 :class:`FrameAnalyzer` holds the three stages; ``analyze()`` runs them in order, synchronously and
 deterministically (tests and benchmarks feed it frames with timestamps). OpenCV and the TFLite runtimes
-release the GIL, so the stages overlap on a multi-core gateway.
+release the GIL, so the stages overlap on a multi-core gateway. The inference thread holds the GIL only to
+hand tensors in and out (the frame's mean grey level is measured in the capture thread for that reason):
+after each invoke it has to win the GIL back from the other two threads, so every microsecond of Python
+they run per frame can delay the next invoke.
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -38,6 +50,11 @@ from gateway.vision.tracker import Track, Tracker
 from gateway.vision.zones import Analytics, VisionEvent
 
 log = logging.getLogger(__name__)
+
+# A lossless worker's capture thread may prepare this many frames ahead of the inference thread: the
+# two stages take turns on the GIL and on shared cores, and a little slack keeps a late capture from
+# idling the detector (one slot left it waiting on about one frame in ten).
+LOSSLESS_AHEAD = 3
 
 SourceFactory = Callable[[], FrameSource]
 EventSink = Callable[[str, list[VisionEvent]], None]  # (camera name, events)
@@ -63,6 +80,7 @@ class Gated:
     gate: GateResult
     tensor: np.ndarray | None = None
     small: np.ndarray | None = None  # the frame at the detector's input size
+    mean_grey: float | None = None  # mean grey level of ``small`` (the lighting rule's scene darkness)
 
 
 @dataclass
@@ -82,11 +100,25 @@ class FrameAnalyzer:
     :meth:`gate_frame` (motion gate, and the model input if something moved), :meth:`infer` (the TFLite
     invoke, when needed) and :meth:`track` (decode, tracker, zones/lines). The camera worker runs each
     stage in its own thread; :meth:`analyze` runs all three in order (tests, benchmarks).
+
+    ``geometry``: (width, height) of the frame the analytics' zones and lines are drawn on; detections
+    (and so tracks and events) are given in its pixels whatever the frames' size. None: the frames' own.
     """
 
-    def __init__(self, detector: Detector, analytics: Analytics, *, gate: MotionGate | None = None,
-                 tracker: Tracker | None = None, keepalive_s: float = 1.0, always_detect: bool = False) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        analytics: Analytics,
+        *,
+        gate: MotionGate | None = None,
+        tracker: Tracker | None = None,
+        keepalive_s: float = 1.0,
+        always_detect: bool = False,
+        geometry: tuple[int, int] | None = None,
+    ) -> None:
         self.detector = detector
+        self.geometry = geometry
+        self._frame_size: tuple[int, int] | None = None  # of the last frame (a change is checked once)
         self.analytics = analytics
         self.gate = gate or MotionGate()
         self.gate.regions = detector.kind == "classifier"  # only classifiers look at motion regions
@@ -101,27 +133,52 @@ class FrameAnalyzer:
 
     def gate_frame(self, frame: np.ndarray, ts: float) -> Gated:
         """Stage 1: motion gate; if something moved, also prepare the detector's input."""
+        if self.geometry is not None and (frame.shape[1], frame.shape[0]) != self._frame_size:
+            self._check_size(frame)
         if self.detector.kind == "classifier":
             return Gated(frame, ts, self.gate(frame))
         # one resize serves both: the gate judges the detector's input image
         small = self.detector.resize(frame)
         gate = self.gate(frame, small)
         tensor = self.detector.tensor(small) if (gate.motion or self.always_detect) else None
-        return Gated(frame, ts, gate, tensor, small)
+        # measured here, not in infer(): the inference thread should hold the GIL as briefly as possible
+        b, gr, r, _ = cv2.mean(small)
+        return Gated(frame, ts, gate, tensor, small, (b + gr + r) / 3)
+
+    def _check_size(self, frame: np.ndarray) -> None:
+        """Say once per size change if the frames' shape differs from the zones' frame (stretched zones)."""
+        assert self.geometry is not None
+        self._frame_size = fw, fh = frame.shape[1], frame.shape[0]
+        gw, gh = self.geometry
+        if abs((fw / fh) / (gw / gh) - 1.0) > 0.02:
+            log.warning(
+                "frames are %dx%d but zones and lines were drawn on %dx%d (another aspect ratio): they are "
+                "stretched to fit; redraw them on this stream or set zone_frame", fw, fh, gw, gh
+            )
 
     def infer(self, g: Gated) -> Inferred:
         """Stage 2: run the model if the gate saw motion, or tracks need a keep-alive look."""
-        size = (g.frame.shape[1], g.frame.shape[0])
-        need = (self.always_detect or g.gate.motion
-                or (bool(self.tracker.tracks) and g.ts - self._last_detect >= self.keepalive_s))
+        # the outputs are decoded straight into the zones' frame (boxes are relative to the image)
+        size = self.geometry or (g.frame.shape[1], g.frame.shape[0])
+        need = (
+            self.always_detect
+            or g.gate.motion
+            or (bool(self.tracker.tracks) and g.ts - self._last_detect >= self.keepalive_s)
+        )
         if not need:
             return Inferred(size, g.ts, False)
         self.detections_run += 1
         self._last_detect = g.ts
-        b, gr, r, _ = cv2.mean(g.small if g.small is not None else g.frame)
-        self.last_mean_grey = (b + gr + r) / 3
+        if g.mean_grey is None:
+            b, gr, r, _ = cv2.mean(g.frame)
+            self.last_mean_grey = (b + gr + r) / 3
+        else:
+            self.last_mean_grey = g.mean_grey
         if self.detector.kind == "classifier":
-            return Inferred(size, g.ts, True, detections=self.detector.detect(g.frame, g.gate.regions))
+            dets = self.detector.detect(g.frame, g.gate.regions)  # in frame pixels
+            if self.geometry is not None:
+                dets = scale_detections(dets, (g.frame.shape[1], g.frame.shape[0]), self.geometry)
+            return Inferred(size, g.ts, True, detections=dets)
         tensor = g.tensor if g.tensor is not None else self.detector.prepare(g.frame)
         return Inferred(size, g.ts, True, outputs=self.detector.infer(tensor))
 
@@ -145,6 +202,16 @@ class FrameAnalyzer:
         return self.track(self.infer(self.gate_frame(frame, ts)))
 
 
+def scale_detections(dets: list[Detection], frm: tuple[int, int], to: tuple[int, int]) -> list[Detection]:
+    """``dets`` with boxes moved from pixels of a ``frm`` (width, height) frame to pixels of a ``to`` one."""
+    if frm == to:
+        return dets
+    sx, sy = to[0] / frm[0], to[1] / frm[1]
+    return [
+        replace(d, box=(d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy)) for d in dets
+    ]
+
+
 class CameraWorker:
     """Runs one camera's three threads (capture+gate, inference, tracking); reports state and progress.
 
@@ -153,17 +220,27 @@ class CameraWorker:
     to reconnect: the agent's watchdog uses it to tell a hung worker from a camera that is merely absent.
 
     Live cameras drop frames the detector has no time for (``frames_skipped``); with ``lossless=True``
-    the capture thread instead waits until the previous frame was taken (benchmarks, in-memory sources).
+    the capture thread instead waits while ``LOSSLESS_AHEAD`` frames are still waiting for inference
+    (benchmarks, in-memory sources): every frame is analysed, in order.
     """
 
-    def __init__(self, config: CameraConfig, analyzer: FrameAnalyzer, sink: EventSink, *,
-                 source_factory: SourceFactory | None = None,
-                 on_state: Callable[[str, str, str], None] | None = None, lossless: bool = False) -> None:
+    def __init__(
+        self,
+        config: CameraConfig,
+        analyzer: FrameAnalyzer,
+        sink: EventSink,
+        *,
+        source_factory: SourceFactory | None = None,
+        on_state: Callable[[str, str, str], None] | None = None,
+        lossless: bool = False,
+    ) -> None:
         self.config = config
         self.name = config.name
         self.analyzer = analyzer
         self._sink = sink
-        self._factory = source_factory or (lambda: open_source(config.source, fps=config.fps, loop=config.loop))
+        self._factory = source_factory or (
+            lambda: open_source(config.source, fps=config.fps, loop=config.loop, size=config.capture_size)
+        )
         self._on_state = on_state
         self.lossless = lossless
         self.state = "starting"
@@ -176,7 +253,9 @@ class CameraWorker:
         self.reconnects = 0
         self.last_frame_at: float | None = None
         self.latest_frame: np.ndarray | None = None
-        self._slot: Gated | None = None
+        # frames gated and waiting for inference, oldest first: live cameras keep only the newest one;
+        # lossless workers may run up to ``LOSSLESS_AHEAD`` frames ahead of inference
+        self._pending: deque[Gated] = deque()
         self._cond = threading.Condition()
         self._results: queue.Queue[Inferred | None] = queue.Queue(maxsize=4)
         self._stop = threading.Event()
@@ -259,11 +338,13 @@ class CameraWorker:
                 log.exception("camera %s: frame dropped", self.name)
                 continue
             with self._cond:
-                while self.lossless and self._slot is not None and not self._stop.is_set():
-                    self._cond.wait(0.5)
-                if self._slot is not None:
-                    self.frames_skipped += 1
-                self._slot = gated
+                if self.lossless:
+                    while len(self._pending) >= LOSSLESS_AHEAD and not self._stop.is_set():
+                        self._cond.wait(0.5)
+                elif self._pending:
+                    self.frames_skipped += len(self._pending)
+                    self._pending.clear()
+                self._pending.append(gated)
                 self._cond.notify_all()
             self._set_state("streaming")
         if source is not None:
@@ -283,9 +364,9 @@ class CameraWorker:
     def _infer_loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
-                if self._slot is None:
+                if not self._pending:
                     self._cond.wait(0.5)
-                item, self._slot = self._slot, None
+                item = self._pending.popleft() if self._pending else None
                 self._cond.notify_all()
             self.alive_at = time.monotonic()
             if item is None:
@@ -312,8 +393,7 @@ class CameraWorker:
                 item = self._results.get(timeout=0.5)
             except queue.Empty:
                 self.alive_at = time.monotonic()
-                if self._stop.is_set() and not any(
-                        t.is_alive() for t in self._threads if t.name.endswith("-infer")):
+                if self._stop.is_set() and not any(t.is_alive() for t in self._threads if t.name.endswith("-infer")):
                     return
                 events = self.analyzer.analytics.tick(time.monotonic())  # counts go out without frames too
                 if events:

@@ -47,23 +47,28 @@ def _color(rng: np.random.Generator, lo: int = 30, hi: int = 230) -> tuple[int, 
 
 
 def render_background(rng: np.random.Generator, night: bool, size: tuple[int, int] = (WIDTH, HEIGHT)) -> np.ndarray:
-    """A street without moving objects: sky, buildings with windows, sidewalks, road markings, lamp posts."""
+    """A street without moving objects: sky, buildings with windows, sidewalks, road markings, lamp posts.
+
+    Laid out in 640×480 scene coordinates and drawn scaled to ``size``: the same ``rng`` state gives the
+    same street at any frame size (a camera's main stream and its smaller sub-stream).
+    """
     w, h = size
-    sy = h / HEIGHT
+    sx, sy = w / WIDTH, h / HEIGHT
     img = np.empty((h, w, 3), np.uint8)
     sky = (70, 40, 25) if night else (int(rng.integers(170, 235)), int(rng.integers(150, 200)), 120)
     img[:] = sky
     x = 0
-    while x < w:  # buildings
+    while x < WIDTH:  # buildings
         bw = int(rng.integers(60, 160))
         top = int(rng.integers(20, 120) * sy)
         shade = int(rng.integers(50, 90)) if night else int(rng.integers(90, 180))
-        cv2.rectangle(img, (x, top), (x + bw, int(FAR_WALK[0] * sy)), (shade, shade + 5, shade + 10), -1)
+        cv2.rectangle(img, (int(x * sx), top), (int((x + bw) * sx), int(FAR_WALK[0] * sy)),
+                      (shade, shade + 5, shade + 10), -1)
         for wy in range(top + 10, int(FAR_WALK[0] * sy) - 18, 28):
             for wx in range(x + 8, x + bw - 14, 24):
                 lit = night and rng.random() < 0.35
                 col = (90, 200, 230) if lit else ((40, 40, 45) if night else (150, 120, 90))
-                cv2.rectangle(img, (wx, wy), (wx + 10, wy + 14), col, -1)
+                cv2.rectangle(img, (int(wx * sx), wy), (int((wx + 10) * sx), int(wy + 14 * sy)), col, -1)
         x += bw + int(rng.integers(0, 12))
     walk = (60, 60, 62) if night else (150, 150, 155)
     road = (35, 35, 38) if night else (85, 85, 90)
@@ -71,14 +76,17 @@ def render_background(rng: np.random.Generator, night: bool, size: tuple[int, in
     cv2.rectangle(img, (0, int(ROAD[0] * sy)), (w, int(ROAD[1] * sy)), road, -1)
     cv2.rectangle(img, (0, int(NEAR_WALK[0] * sy)), (w, h), walk, -1)
     mid = int((ROAD[0] + ROAD[1]) / 2 * sy)
-    for mx in range(0, w, 60):
-        cv2.rectangle(img, (mx, mid - 2), (mx + 30, mid + 2), (200, 200, 200) if not night else (120, 120, 120), -1)
-    for lx in range(int(rng.integers(20, 120)), w, int(rng.integers(180, 260))):  # lamp posts
+    mark = max(1, round(2 * sy))
+    for mx in range(0, WIDTH, 60):
+        cv2.rectangle(img, (int(mx * sx), mid - mark), (int((mx + 30) * sx), mid + mark),
+                      (200, 200, 200) if not night else (120, 120, 120), -1)
+    for lx in range(int(rng.integers(20, 120)), WIDTH, int(rng.integers(180, 260))):  # lamp posts
         top = int(FAR_WALK[0] * sy) - int(90 * sy)
-        cv2.line(img, (lx, int(FAR_WALK[1] * sy)), (lx, top), (40, 40, 40), 3)
-        cv2.circle(img, (lx, top), 5, (180, 240, 255) if night else (90, 90, 90), -1)
+        px = int(lx * sx)
+        cv2.line(img, (px, int(FAR_WALK[1] * sy)), (px, top), (40, 40, 40), max(1, round(3 * sx)))
+        cv2.circle(img, (px, top), max(1, round(5 * sx)), (180, 240, 255) if night else (90, 90, 90), -1)
         if night:
-            cv2.circle(img, (lx, top + 60), 60, (55, 60, 62), -1, lineType=cv2.LINE_AA)
+            cv2.circle(img, (px, top + round(60 * sy)), round(60 * sx), (55, 60, 62), -1, lineType=cv2.LINE_AA)
     return img
 
 
@@ -211,8 +219,8 @@ def render_image(rng: np.random.Generator, night: bool | None = None,
     return img, [SceneObject(o.cls, _clip(o.box)) for o in visible if _area(_clip(o.box)) > 150]
 
 
-def _clip(b: Box) -> Box:
-    return max(0.0, b[0]), max(0.0, b[1]), min(float(WIDTH), b[2]), min(float(HEIGHT), b[3])
+def _clip(b: Box, size: tuple[int, int] = (WIDTH, HEIGHT)) -> Box:
+    return max(0.0, b[0]), max(0.0, b[1]), min(float(size[0]), b[2]), min(float(size[1]), b[3])
 
 
 def _area(b: Box) -> float:
@@ -244,7 +252,13 @@ class _Mover:
 
 @dataclass
 class VideoSpec:
-    """What a synthetic video shows. ``rate`` is new objects per second; ``quiet`` means no objects."""
+    """What a synthetic video shows. ``rate`` is new objects per second; ``quiet`` means no objects.
+
+    ``size`` is the frame size: the scene (layout, objects, their motion, ``line_x`` and the ground-truth
+    crossings) lives in 640×480 scene coordinates and is drawn scaled to it, so a 320×240 video shows the
+    same street and traffic as the 640×480 one with the same seed (as a camera's sub-stream does); its
+    ground-truth boxes are in its own frame pixels.
+    """
 
     seed: int = 1
     frames: int = 300
@@ -284,11 +298,16 @@ class SceneVideo:
     def __iter__(self) -> Iterator[tuple[np.ndarray, list[SceneObject]]]:
         spec = self.spec
         rng = np.random.default_rng(spec.seed)
-        bg = render_background(rng, spec.night)
+        bg = render_background(rng, spec.night, spec.size)
+        w, h = spec.size
+        scale = w / WIDTH  # scene coordinates -> frame pixels (the frame keeps the scene's 4:3 aspect)
+        min_area = 150 * scale * scale
         bank = []
         if spec.noise > 0:
             for _ in range(6):
-                n = rng.normal(0.0, spec.noise, (spec.size[1], spec.size[0], 3))
+                # drawn at 640×480 whatever the frame size, so that the random draws after it (and so
+                # the traffic) are the same at every size; a smaller frame takes a corner of it
+                n = rng.normal(0.0, spec.noise, (HEIGHT, WIDTH, 3))[:h, :w]
                 bank.append((np.clip(n, 0, 255).astype(np.uint8), np.clip(-n, 0, 255).astype(np.uint8)))
         movers: list[_Mover] = []
         next_track = 1
@@ -314,16 +333,17 @@ class SceneVideo:
                 if scripted or lanes_busy.get(lane, -10_000) < len(self.truth.frames) - int(size / 2):
                     lanes_busy[lane] = len(self.truth.frames)
                     speed = float(rng.uniform(*((6, 12), (1.5, 3), (3.5, 6))[cls])) * direction
-                    x = -size if direction > 0 else float(spec.size[0])
+                    x = -size if direction > 0 else float(WIDTH)
                     movers.append(_Mover(next_track, cls, x, yb, size, speed, _color(rng), float(rng.random())))
                     next_track += 1
             img = bg.copy()
             objs: list[SceneObject] = []
             for m in sorted(movers, key=lambda m: m.yb):  # far objects first
                 aux = (m.phase % 6.28) / 6.28 if m.cls == 1 else m.aux
-                box = _draw(img, m.cls, m.x, m.yb, m.size, m.color, aux, 1 if m.speed > 0 else -1, spec.night)
-                clipped = _clip(box)
-                if _area(clipped) > 150:
+                box = _draw(img, m.cls, m.x * scale, m.yb * scale, m.size * scale, m.color, aux,
+                            1 if m.speed > 0 else -1, spec.night)
+                clipped = _clip(box, spec.size)
+                if _area(clipped) > min_area:
                     objs.append(SceneObject(m.cls, clipped, m.track))
             if spec.night:
                 img = cv2.convertScaleAbs(img, alpha=0.75, beta=0)
@@ -341,7 +361,7 @@ class SceneVideo:
                 # a crossing counts once a frame shows it (not after the last frame)
                 if not last and ((before - spec.line_x) * (after - spec.line_x) < 0 or after == spec.line_x):
                     self.truth.crossings[CLASSES[m.cls]]["ltr" if m.speed > 0 else "rtl"] += 1
-            movers = [m for m in movers if -m.size - 5 <= m.x <= spec.size[0] + 5]
+            movers = [m for m in movers if -m.size - 5 <= m.x <= WIDTH + 5]
 
 
 def write_video(path: Path | str, spec: VideoSpec) -> GroundTruth:

@@ -53,7 +53,8 @@ def build_analyzer(config: VisionConfig, cam: CameraConfig) -> FrameAnalyzer:
     analytics = Analytics(list(cam.zones), list(cam.lines), interval_s=config.interval_s)
     gate = MotionGate(threshold=cam.motion_threshold, min_area=cam.motion_min_area)
     tracker = Tracker(min_hits=analytics.min_hits, max_missed_s=max(1.5, 2 * cam.keepalive_s))
-    return FrameAnalyzer(detector, analytics, gate=gate, tracker=tracker, keepalive_s=cam.keepalive_s)
+    return FrameAnalyzer(detector, analytics, gate=gate, tracker=tracker, keepalive_s=cam.keepalive_s,
+                         geometry=cam.geometry_size)
 
 
 class VisionService:

@@ -35,16 +35,17 @@ class Track:
     still_since: float | None = None  # when it stopped moving, if it has
     velocity: tuple[float, float] = (0.0, 0.0)  # px/s, smoothed
     at_edge: bool = False  # its last box touched the frame's edge (partly in view)
-
-    @property
-    def label(self) -> str:
-        return max(self.votes, key=self.votes.__getitem__) if self.votes else "?"
+    # the label with the most votes, kept by vote(): the tracker and analytics ask for it dozens of times
+    # per frame, and the votes change only there
+    label: str = "?"
 
     def vote(self, d: Detection) -> None:
         """Count ``d``'s label for this track; a partial view (box at the frame edge) counts a third."""
-        for label in self.votes:  # older views fade: the label follows what the track shows now
-            self.votes[label] *= VOTE_DECAY
-        self.votes[d.label] = self.votes.get(d.label, 0.0) + d.score * (EDGE_VOTE if d.truncated else 1.0)
+        votes = self.votes
+        for label in votes:  # older views fade: the label follows what the track shows now
+            votes[label] *= VOTE_DECAY
+        votes[d.label] = votes.get(d.label, 0.0) + d.score * (EDGE_VOTE if d.truncated else 1.0)
+        self.label = max(votes, key=votes.__getitem__)
         self.score_sum += d.score
         self.at_edge = d.truncated
 
@@ -67,8 +68,16 @@ class Tracker:
     same-class track matched in the same frame at least this much starts no track (1.0: always starts one).
     """
 
-    def __init__(self, *, min_iou: float = 0.2, max_dist: float = 1.0, min_hits: int = 2,
-                 max_missed_s: float = 1.0, still_px_per_s: float = 8.0, birth_iou: float = 0.3) -> None:
+    def __init__(
+        self,
+        *,
+        min_iou: float = 0.2,
+        max_dist: float = 1.0,
+        min_hits: int = 2,
+        max_missed_s: float = 1.0,
+        still_px_per_s: float = 8.0,
+        birth_iou: float = 0.3,
+    ) -> None:
         self.min_iou = min_iou
         self.birth_iou = birth_iou
         self.max_dist = max_dist
@@ -101,8 +110,8 @@ class Tracker:
             dt = max(now - t.last_seen, 1e-3)
             old = t.center
             t.prev_center = old
-            t.box = d.box
-            vx, vy = (t.center[0] - old[0]) / dt, (t.center[1] - old[1]) / dt
+            t.box = box = d.box
+            vx, vy = ((box[0] + box[2]) / 2 - old[0]) / dt, ((box[1] + box[3]) / 2 - old[1]) / dt
             t.velocity = (0.5 * t.velocity[0] + 0.5 * vx, 0.5 * t.velocity[1] + 0.5 * vy)
             speed = (vx * vx + vy * vy) ** 0.5
             if speed < self.still_px_per_s:
@@ -142,45 +151,61 @@ class Tracker:
             if ix <= 0 or iy <= 0:
                 continue
             inter = ix * iy
-            union = ((t.box[2] - t.box[0]) * (t.box[3] - t.box[1]) + (d.box[2] - d.box[0]) * (d.box[3] - d.box[1])
-                     - inter)
+            union = (
+                (t.box[2] - t.box[0]) * (t.box[3] - t.box[1]) + (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) - inter
+            )
             if inter >= self.birth_iou * union:
                 return True
         return False
 
-    def _candidates(self, tracks: list[Track], detections: list[Detection],
-                    now: float) -> list[tuple[float, int, int]]:
-        """(affinity, track index, detection index) for every plausible pair, numpy for the T×N part."""
-        # constant-velocity prediction: fast objects overlap where they will be, not where they were
-        dt = np.array([now - t.last_seen for t in tracks])
-        vel = np.array([t.velocity for t in tracks])
-        tb = np.array([t.box for t in tracks]) + np.repeat(vel * dt[:, None], 2, axis=1)
+    def _candidates(self, tracks: list[Track], detections: list[Detection], now: float) -> list[tuple[float, int, int]]:
+        """(affinity, track index, detection index) for every plausible pair, numpy for the T×N part.
+
+        A busy street has 15 tracks and 10 boxes a frame: the arrays are tiny, so the numpy calls are
+        kept few and the per-pair loop reads plain Python lists (indexing numpy scalars cost more than
+        the arithmetic).
+        """
+        ta = np.array([(*t.box, *t.velocity, t.last_seen) for t in tracks])
+        dt = now - ta[:, 6]
+        # constant-velocity prediction: fast objects overlap where they will be, not where they were.
+        # NB: the shift is [vx, vx, vy, vy]·dt on (x0, y0, x1, y1), not [vx, vy, vx, vy]·dt: that is how the
+        # tracker was tuned and its counting error measured; correcting it must be re-measured on its own.
+        shift = ta[:, 4:6] * dt[:, None]
+        tb = ta[:, :4] + shift[:, (0, 0, 1, 1)]
         db = np.array([d.box for d in detections])
-        ix = np.clip(np.minimum(tb[:, None, 2], db[None, :, 2]) - np.maximum(tb[:, None, 0], db[None, :, 0]), 0, None)
-        iy = np.clip(np.minimum(tb[:, None, 3], db[None, :, 3]) - np.maximum(tb[:, None, 1], db[None, :, 1]), 0, None)
+        tx0, ty0, tx1, ty1 = tb[:, 0, None], tb[:, 1, None], tb[:, 2, None], tb[:, 3, None]
+        dx0, dy0, dx1, dy1 = db[:, 0], db[:, 1], db[:, 2], db[:, 3]
+        ix = np.maximum(np.minimum(tx1, dx1) - np.maximum(tx0, dx0), 0.0)
+        iy = np.maximum(np.minimum(ty1, dy1) - np.maximum(ty0, dy0), 0.0)
         inter = ix * iy
-        area_t = (tb[:, 2] - tb[:, 0]) * (tb[:, 3] - tb[:, 1])
-        area_d = (db[:, 2] - db[:, 0]) * (db[:, 3] - db[:, 1])
-        overlap = inter / np.maximum(area_t[:, None] + area_d[None, :] - inter, 1e-9)
+        area_t = (tx1 - tx0) * (ty1 - ty0)
+        area_d = (dx1 - dx0) * (dy1 - dy0)
+        overlap = inter / np.maximum(area_t + area_d - inter, 1e-9)
         # centre distance in units of the track's size (tolerant along the direction of travel); the width
         # unit is at least half the height: a walking person's box is narrow and jitters with the stride
-        tw = np.maximum(np.maximum(tb[:, 2] - tb[:, 0], 1.0), DIST_MIN_WIDTH * (tb[:, 3] - tb[:, 1]))[:, None]
-        th = np.maximum(tb[:, 3] - tb[:, 1], 1.0)[:, None]
-        dx = ((db[None, :, 0] + db[None, :, 2]) - (tb[:, None, 0] + tb[:, None, 2])) / 2 / tw
-        dy = ((db[None, :, 1] + db[None, :, 3]) - (tb[:, None, 1] + tb[:, None, 3])) / 2 / th
-        dist = np.sqrt(dx * dx + dy * dy)
-        near = np.where(dt <= 0.5, self.max_dist, self.max_dist / 2)[:, None]  # an old track does not jump far
+        tw = np.maximum(np.maximum(tx1 - tx0, 1.0), DIST_MIN_WIDTH * (ty1 - ty0))
+        th = np.maximum(ty1 - ty0, 1.0)
+        ddx = ((dx0 + dx1) - (tx0 + tx1)) / 2 / tw
+        ddy = ((dy0 + dy1) - (ty0 + ty1)) / 2 / th
+        dist = np.sqrt(ddx * ddx + ddy * ddy)
+        near = np.where(dt <= 0.5, self.max_dist, self.max_dist / 2)  # an old track does not jump far
+        hit = (overlap >= self.min_iou) | (dist <= near[:, None])
+        t_idx, d_idx = np.nonzero(hit)
+        if not len(t_idx):
+            return []
+        overlap_l, dist_l, near_l = overlap.tolist(), dist.tolist(), near.tolist()
+        strict = max(0.5, self.min_iou)
         out: list[tuple[float, int, int]] = []
-        for ti, di in zip(*np.nonzero((overlap >= self.min_iou) | (dist <= near))):
+        for ti, di in zip(t_idx.tolist(), d_idx.tolist()):
             t, d = tracks[ti], detections[di]
-            o = float(overlap[ti, di])
+            o = overlap_l[ti][di]
             # Another class needs a clear overlap (a car passing in front of a pedestrian must not take
             # over the pedestrian's track), unless the object is still coming into view at the edge.
             same = d.label == t.label or t.at_edge or d.truncated
-            if o >= (self.min_iou if same else max(0.5, self.min_iou)):
-                out.append((1.0 + o, int(ti), int(di)))
-            elif d.label == t.label and dist[ti, di] <= near[ti, 0]:
-                out.append((1.0 - float(dist[ti, di]) / (float(near[ti, 0]) + 1e-9), int(ti), int(di)))
+            if o >= (self.min_iou if same else strict):
+                out.append((1.0 + o, ti, di))
+            elif d.label == t.label and dist_l[ti][di] <= near_l[ti]:
+                out.append((1.0 - dist_l[ti][di] / (near_l[ti] + 1e-9), ti, di))
         return out
 
     def update_missing(self, now: float) -> tuple[list[Track], list[Track]]:
