@@ -90,20 +90,24 @@ def read_json(path, required=False):
     return data
 
 
+_ABSENT = object()  # _lookup's answer for a key that is not there
+
+
 def _lookup(data, dotted):
-    # walks the dotted path without splitting it into a list (validation runs on every settings change)
+    # the value at the dotted path or _ABSENT; walks the path without splitting it into a list and returns no
+    # (found, value) tuple: validation runs at boot and on every settings change, so each allocation counts
     node = data
     i = 0
     while True:
         j = dotted.find(".", i)
         if not isinstance(node, dict):
-            return False, None
+            return _ABSENT
         part = dotted if i == 0 and j < 0 else dotted[i:j] if j >= 0 else dotted[i:]
         if part not in node:
-            return False, None
+            return _ABSENT
         node = node[part]
         if j < 0:
-            return True, node
+            return node
         i = j + 1
 
 
@@ -191,8 +195,8 @@ def validate(path, data, schema, strict=False, log=print, problems=None):
     out = {}
     data = data or {}
     for key, kind, default, check in schema:
-        present, value = _lookup(data, key)
-        if not present:
+        value = _lookup(data, key)
+        if value is _ABSENT:
             if default is REQUIRED:
                 raise ConfigError(path, key, "missing")
             out[key] = default
