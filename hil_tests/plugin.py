@@ -107,12 +107,25 @@ class BoardExecError(AssertionError):
 class Repl:
     """The board's REPL driven by stock mpremote (raw REPL, raw-paste): ``exec`` returns stdout."""
 
-    def __init__(self, port: str) -> None:
+    def __init__(self, port: str, attempts: int = 3) -> None:
+        from mpremote.transport import TransportError
         from mpremote.transport_serial import SerialTransport
 
         self.port = port
         self._t = SerialTransport(port, baudrate=115200)
-        self._t.enter_raw_repl(soft_reset=False)
+        # mpremote reads a pty without a timeout: a board that never answers would block the test for good.
+        # With one, its own overall timeouts apply, and a Ctrl-C that came while the board was busy booting
+        # (or resetting) is simply sent again. Reset afterwards: raw-paste mode reads fixed-size answers.
+        self._t.serial.timeout = 0.5
+        for attempt in range(attempts):
+            try:
+                self._t.enter_raw_repl(soft_reset=False)
+                break
+            except TransportError:
+                if attempt == attempts - 1:
+                    self._t.close()
+                    raise
+        self._t.serial.timeout = None
 
     def exec(self, code: str, timeout: float = 10.0) -> str:
         """Run ``code`` on the board; return what it printed. A board exception raises :class:`BoardExecError`."""
