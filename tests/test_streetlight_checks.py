@@ -9,13 +9,12 @@ the same assertions. Keep it to the language subset both share (no f-string ``=`
 def check_dali_log_curve():
     from streetlight import curves
 
-    # IEC 62386-102: arc level 254 = 100 %, 1 = 0.1 %; 10 % ~ 170, 50 % ~ 228, 90 % ~ 250
-    assert abs(curves.arc_to_percent(254) - 100.0) < 1e-6
-    assert abs(curves.arc_to_percent(1) - 0.1) < 1e-6
-    assert curves.percent_to_arc(10) == 170, curves.percent_to_arc(10)
-    assert curves.percent_to_arc(50) in (228, 229), curves.percent_to_arc(50)  # X(229) = 50.5 %
-    assert curves.percent_to_arc(90) == 250, curves.percent_to_arc(90)
-    assert curves.percent_to_arc(0) == 0
+    # IEC 62386-102: arc level 254 = 100 %, 1 = 0.1 %; 170 ~ 10 %, 229 ~ 50.5 %, 250 ~ 89.7 % (duty_u16)
+    table = curves._LOG
+    assert table[0] == 0 and table[254] == 65535 and table[255] == 65535
+    assert table[1] == 66 and table[170] == 6613 and table[229] == 33115 and table[250] == 58755, list(table[:4])
+    for n in range(1, 255):
+        assert abs(table[n] - 655.35 * 10 ** ((n - 1) / (253 / 3) - 1)) <= 0.5, n
     assert curves.duty(0) == 0
     assert curves.duty(1000) == 65535
     assert curves.duty(1) == 66  # 0.1 % of 65535
@@ -46,7 +45,7 @@ def check_fader():
 
     f = curves.Fader(fade_ms=1000, level=0)
     f.go(1000, 0)
-    assert f.moving()
+    assert f.moving
     assert f.level(0) == 0
     assert f.level(250) == 250
     assert f.level(500) == 500
@@ -55,14 +54,12 @@ def check_fader():
     assert f.level(500) == 500
     assert f.level(1000) == 250
     assert f.level(1500) == 0
-    assert not f.moving()
+    assert not f.moving
     f.go(0, 2000)  # same target: nothing to do
-    assert not f.moving()
-    f.jump(700)
-    assert f.level(0) == 700 and not f.moving()
+    assert not f.moving
     g = curves.Fader(fade_ms=0)
     g.go(400, 10)
-    assert g.level(10) == 400 and not g.moving()
+    assert g.level(10) == 400 and not g.moving
 
 
 def check_civil_dates():
@@ -109,9 +106,7 @@ def check_schedule_program_and_calendar():
     assert n.steps[3] == (1050, 800)
     assert n.level(100) == 1000  # before the first step: the first step's level
     assert n.level(700) == 700 and n.level(800) == 400 and n.level(1100) == 800
-    assert n.clock_on(on) and not n.clock_on(on - 1)
     assert 1140 <= n.off <= 1190, n.off  # sunrise about 07:3x local
-    assert n.next_change(300) == 600
     # local(): 2026-11-18 23:00 UTC = 00:00 CET on the 19th -> night of the 18th, minute 720
     utc = day(2026, 11, 18) * 86400 + 23 * 3600
     assert s.local(utc) == (day(2026, 11, 18), 720), s.local(utc)
@@ -225,7 +220,6 @@ def check_override_priorities_and_expiry():
     assert o.expire(50) == ov.MAINTENANCE
     assert o.active() == ov.MANUAL
     assert o.expire(60) == ov.BOOST  # boost (60 s from 0) ends while manual still holds
-    assert o.remaining(ov.MANUAL, 60) == 50
     assert o.expire(110) == ov.MANUAL and o.active() == ov.NONE
     assert o.resolve(True, 400) == 400
     for bad in ((ov.BOOST, 1001, 10), (ov.BOOST, 10, 0), (ov.BOOST, 10, 8 * 86400)):
@@ -336,7 +330,6 @@ def check_energy_integration():
     e.add(0, 1000, True)  # switched on
     for _ in range(3600):
         e.add(60000, 1000, True)  # an hour at 60 W (the first second ramps 0 -> 60 W)
-    assert 59.9 < e.wh() < 60.0, e.wh()
     assert e.mwh == 59991 and e.burn_s == 3600 and e.switches == 1, (e.mwh, e.burn_s, e.switches)
     for _ in range(10):
         e.add(600, 1000, False)  # off: the driver's idle draw still counts as energy, not as burning

@@ -130,7 +130,7 @@ def test_astronomical_clock_within_two_minutes_of_astral_every_day_of_a_year() -
             root = _elevation_crossing(Observer(lat, lon), day0, day0 + dt.timedelta(minutes=mine), -6.0, rising)
             assert root is not None, (lat, lon, date, event)
             err = mine - root
-        assert abs(err) <= TOLERANCE_MIN, f"{astro.EVENT_NAMES[event]} {date} lat {lat} lon {lon}: {err:+.2f} min"
+        assert abs(err) <= TOLERANCE_MIN, f"event {event} {_EVENTS[event]} {date} lat {lat} lon {lon}: {err:+.2f} min"
         if abs(err) > worst:
             worst, worst_case = abs(err), (lat, lon, date, event, err)
         checked += 1

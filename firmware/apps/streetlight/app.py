@@ -119,7 +119,8 @@ class Streetlight:
         # link
         link_cfg = node.get("link") or {}
         self.outbox = Outbox(outbox_root, quotas=(128, 256))
-        self.uart = self._uart(link_cfg)
+        self.uart = machine.UART(link_cfg.get("uart", board.LINK_UART_ID), link_cfg.get("baud", board.LINK_BAUD),
+                                 tx=machine.Pin(board.LINK_TX), rx=machine.Pin(board.LINK_RX), timeout=0)
         self.rx = RxPort(self.uart)
         self.link = Link(self.rx, node["node_id"], (bytes.fromhex(node["key"]), node["key_id"]),
                          self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self.on_link,
@@ -135,10 +136,6 @@ class Streetlight:
         self._last_save_s = 0
 
     # --- setup
-    def _uart(self, cfg):
-        return machine.UART(cfg.get("uart", board.LINK_UART_ID), cfg.get("baud", board.LINK_BAUD),
-                            tx=machine.Pin(board.LINK_TX), rx=machine.Pin(board.LINK_RX), timeout=0)
-
     def _apply_settings(self, faults_changed=True):
         """(Re)build everything that depends on the settings; called at boot and after a change."""
         s = self.s
@@ -229,7 +226,7 @@ class Streetlight:
         if op == "ping":
             return P.CS_OK
         if op in ("override", "boost", "test"):
-            kind = _KINDS.get(args.get("kind", {"override": "manual", "boost": "boost", "test": "maintenance"}[op]))
+            kind = _KINDS.get(args.get("kind", "manual" if op == "override" else "maintenance" if op == "test" else op))
             if kind is None:
                 return (P.CS_INVALID, "kind")
             level = args.get("level", 1000)
@@ -291,6 +288,8 @@ class Streetlight:
 
     # --- control
     def _read_sensors(self):
+        """Light sensor and meter into the sample; a failing device is judged by the fault rules, the lamp
+        keeps following its program."""
         s = self.sample
         try:
             if not self._als_started:
@@ -304,47 +303,24 @@ class Streetlight:
             self._als_started = False
             self.lux_x10 = -1
             s.sensor_ok = False
-        self._read_meter()
-
-    def _read_meter(self):
-        s = self.sample
+        m = self.meter
         try:
             if not self._meter_started:
-                self.meter.start()
+                m.start()
                 self._meter_started = True
-            self.meter.read()
+            m.read()
             s.meter_ok = True
-        except Exception:  # as above: judged as a meter failure, the lamp keeps following its program
+        except Exception:  # as above: a meter failure
             self._meter_started = False
             s.meter_ok = False
-        m = self.meter
         s.power_mw = m.power_mw if s.meter_ok else 0
         s.voltage_mv = m.bus_mv if s.meter_ok else 0
         s.current_ma = m.current_ma if s.meter_ok else 0
         s.lux = self.lux_x10 // 10 if s.sensor_ok else 0
 
-    def _target(self, now_s):
-        """(lamp lit by program/policy, program level, clock says day)."""
-        unix = unix_now()
-        clock_on = None
-        prog = 1000
-        if self.sched is not None and unix:
-            day, minute = self.sched.local(unix)
-            night = self.sched.night(day)
-            clock_on = night.clock_on(minute)
-            prog = night.level(minute)
-            self.sched.prefetch(day + 1)  # the next night's sun times, one per step
-        elif self.sched is not None:
-            prog = self.s["programs"]["default"][0][2]
-        sensor_ok = self.sample.sensor_ok and self.lux_x10 >= 0
-        dark = self.switch.update(self.lux_x10 // 10 if sensor_ok else None, now_s)
-        if clock_on is None:
-            lit = dark if (sensor_ok and dark is not None) else True
-        else:
-            lit = lightsense.decide(self.policy, clock_on, dark, self.switch.valid)
-        return lit, prog, clock_on is not None and not clock_on
-
     def control_step(self, full=True):
+        """One control period (``full``: sensors, program, policy, overrides, energy, faults) or, between
+        two of them while a fade runs, only the next PWM value of the fade."""
         now_ms = self._ticks()
         self.uptime_ms += time.ticks_diff(now_ms, self._t0)
         self._t0 = now_ms
@@ -355,9 +331,27 @@ class Streetlight:
             ended = self.ov.expire(now_s)
             if ended != overrides.NONE:
                 self.event(codes.OVERRIDE, P.EV_CLEARED, text=overrides.KIND_NAMES[ended])
-            lit, prog, clock_day = self._target(now_s)
+            # the target: program level, and lit or not by the clock and the light sensor (policy)
+            unix = unix_now()
+            clock_on = None
+            prog = 1000
+            sched = self.sched
+            if sched is not None and unix:
+                day, minute = sched.local(unix)
+                night = sched.night(day)
+                clock_on = night.on <= minute < night.off
+                prog = night.level(minute)
+                sched.prefetch(day + 1)  # the next night's sun times, one per step
+            elif sched is not None:
+                prog = self.s["programs"]["default"][0][2]
+            sensor_ok = s.sensor_ok and self.lux_x10 >= 0
+            dark = self.switch.update(self.lux_x10 // 10 if sensor_ok else None, now_s)
+            if clock_on is None:
+                lit = dark if (sensor_ok and dark is not None) else True
+            else:
+                lit = lightsense.decide(self.policy, clock_on, dark, self.switch.valid)
             self.fader.go(self.ov.resolve(lit, prog), now_ms)
-            s.clock_day = clock_day
+            s.clock_day = clock_on is not None and not clock_on
         self.level = self.fader.level(now_ms)
         duty = curves.duty(self.level, self.curve, self.min_out)
         if duty != self.duty:
@@ -368,32 +362,29 @@ class Streetlight:
                 self.relay.value(0)
             self.duty = duty
             self._settled_at = self.uptime_ms
-        if full:
-            s.now_s = now_s
-            s.duty = duty
-            s.relay = bool(self.relay.value())
-            s.settled = not self.fader.moving() and self.uptime_ms - self._settled_at >= _SETTLE_MS
-            s.forced = self.ov.active() in (overrides.MANUAL, overrides.MAINTENANCE)
-            self.energy.add(s.power_mw if s.meter_ok else 0, self._dt_ms(), s.relay and duty > 0)
-            self.faults.update(s)
-            self._send_fault_events()
-            if now_s - self._last_save_s >= self.s["energy_save_s"]:
-                self._last_save_s = now_s
-                self.save_energy()
-
-    def _dt_ms(self):
+        if not full:
+            return
+        s.now_s = now_s
+        s.duty = duty
+        s.relay = bool(self.relay.value())
+        s.settled = not self.fader.moving and self.uptime_ms - self._settled_at >= _SETTLE_MS
+        s.forced = self.ov.active() in (overrides.MANUAL, overrides.MAINTENANCE)
         dt = self.uptime_ms - self._last_energy_ms
         self._last_energy_ms = self.uptime_ms
-        return dt
-
-    def _send_fault_events(self):
+        self.energy.add(s.power_mw if s.meter_ok else 0, dt, s.relay and duty > 0)
+        self.faults.update(s)
         ev = self.faults.events
         while ev:
             code, up = ev.pop(0)
-            s = self.sample
             log("fault %s %s" % (codes.NAMES.get(code, code), "raised" if up else "cleared"))
             self.event(code, P.EV_RAISED if up else P.EV_CLEARED, PRIO_MEDIUM if up else PRIO_LOW,
                        value=s.power_mw // 100, label=P.L_POWER)
+        if now_s - self._last_save_s >= self.s["energy_save_s"]:
+            self._last_save_s = now_s
+            try:
+                self.energy.save()
+            except OSError as e:
+                log("energy not saved: %s" % e)
 
     def telemetry(self):
         s = self.sample
@@ -423,7 +414,7 @@ class Streetlight:
             if self._guard(_WD_CONTROL, self.control_step, full) and not self._wdt_test:
                 self.wd.beat(_WD_CONTROL)
             self.wd.feed_if_healthy()
-            await asyncio.sleep_ms(_FAST_MS if self.fader.moving() else period)
+            await asyncio.sleep_ms(_FAST_MS if self.fader.moving else period)
 
     def _guard(self, slot, fn, *args):
         """Run one step of a task; an unexpected error is logged and the step skipped. A task that keeps
@@ -438,11 +429,6 @@ class Streetlight:
                 log("task %d error: %s: %s" % (slot, type(e).__name__, e))
             return False
 
-    def _link_wait_ms(self):
-        if self._waiting:
-            return _LINK_ALONE_MS if self._lost_raised else self.link.poll_ms
-        return _LINK_IDLE_MS
-
     async def link_task(self):
         """Serve the link; sleep on the UART between frames instead of polling it."""
         reader = asyncio.StreamReader(self.uart)
@@ -451,8 +437,10 @@ class Streetlight:
         while True:
             if self._guard(_WD_LINK, self.link.poll) and self._guard(_WD_LINK, self._check_gateway):
                 self.wd.beat(_WD_LINK)
+            # reports waiting: retransmissions are due (slower while the gateway is lost); else only RX wakes it
+            wait = (_LINK_ALONE_MS if self._lost_raised else self.link.poll_ms) if self._waiting else _LINK_IDLE_MS
             try:
-                n = await asyncio.wait_for_ms(reader.readinto(mv[rx.n:]), self._link_wait_ms())  # type: int
+                n = await asyncio.wait_for_ms(reader.readinto(mv[rx.n:]), wait)  # type: int
                 rx.n += n or 0
             except asyncio.TimeoutError:
                 pass
@@ -465,12 +453,6 @@ class Streetlight:
             except Exception as e:
                 log("telemetry not stored: %s" % e)
             self._check_gateway()
-
-    def save_energy(self):
-        try:
-            self.energy.save()
-        except OSError as e:
-            log("energy not saved: %s" % e)
 
     async def run(self):
         state = supervisor.boot_begin()

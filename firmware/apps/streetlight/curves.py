@@ -4,7 +4,8 @@ Levels are per-mille of the control range (0 = off, 1000 = full): what programs,
 speak. A curve maps a level to the driver's PWM duty (``duty_u16``, 0..65535):
 
 * ``CURVE_LOG``: the DALI logarithmic curve of IEC 62386-102, arc power level n = 1..254 giving
-  10^((n-1)/(253/3) - 1) % of full light (0.1 % .. 100 %); the control range 1..1000 spans n = 1..254.
+  10^((n-1)/(253/3) - 1) % of full light (0.1 % .. 100 %); the control range 1..1000 spans n = 1..254
+  (``_LOG``: the duty of each arc level).
 * ``CURVE_LINEAR``: duty proportional to the level.
 
 A minimum output (per-mille of full output, e.g. the driver's lowest stable level) applies to every
@@ -36,33 +37,13 @@ FULL = const(1000)
 DUTY_MAX = const(65535)
 
 
-def arc_to_percent(n):
-    """Light output (% of full) of DALI arc power level ``n`` (IEC 62386-102); 0 for 0 (off)."""
-    if n <= 0:
-        return 0.0
-    return 10 ** ((n - 1) / (253 / 3) - 1)
-
-
-def percent_to_arc(percent):
-    """The DALI arc power level (1..254, 0 = off) whose output is closest to ``percent`` of full."""
-    if percent <= 0:
-        return 0
-    import math
-
-    n = 1 + (math.log10(percent) + 1) * 253 / 3
-    return max(1, min(254, int(n + 0.5)))
-
-
-def _log_table():
-    # duty_u16 of each arc level 0..254, plus a copy of 254 so interpolation can read index n+1
-    t = array("H", [0] * 256)
-    for n in range(1, 255):
-        t[n] = int(arc_to_percent(n) * DUTY_MAX / 100 + 0.5)
-    t[255] = t[254]
-    return t
-
-
-_LOG = _log_table()
+# duty_u16 of each DALI arc power level n = 0..254 (n >= 1 gives 10^((n-1)/(253/3) - 1) % of full light), plus
+# a copy of 254 so interpolation can read index n+1; built at import (no function kept for it)
+_LOG = array("H", bytes(512))
+for _n in range(1, 255):
+    _LOG[_n] = int(10 ** ((_n - 1) / (253 / 3) - 1) * DUTY_MAX / 100 + 0.5)
+_LOG[255] = _LOG[254]
+del _n
 
 
 def duty(level, curve=CURVE_LOG, min_out=0):
@@ -87,6 +68,7 @@ class Fader:
     """A level that moves linearly to a target over ``fade_ms`` (the time of any change, as DALI's fade time).
 
     Time is in ``ticks_ms`` units; :meth:`level` is cheap and allocation-free for the control loop.
+    ``moving``: a fade runs (the control loop steps faster meanwhile).
     """
 
     def __init__(self, fade_ms=2000, level=0):
@@ -94,7 +76,7 @@ class Fader:
         self.target = level
         self._from = level
         self._t0 = 0
-        self._moving = False
+        self.moving = False
 
     def go(self, target, now):
         """Start fading to ``target`` from where the level is ``now``; no-op if already heading there."""
@@ -103,22 +85,15 @@ class Fader:
         self._from = self.level(now)
         self.target = target
         self._t0 = now
-        self._moving = self.fade_ms > 0 and self._from != target
-
-    def jump(self, target):
-        """Set the level at once (no fade)."""
-        self.target = self._from = target
-        self._moving = False
-
-    def moving(self):
-        return self._moving
+        self.moving = self.fade_ms > 0 and self._from != target
 
     def level(self, now):
-        if not self._moving:
+        """The level at ``now``; ends the fade once its time is up."""
+        if not self.moving:
             return self.target
         dt = ticks_diff(now, self._t0)
         if dt >= self.fade_ms:
-            self._moving = False
+            self.moving = False
             return self.target
         if dt <= 0:
             return self._from

@@ -55,10 +55,6 @@ class Energy:
         self._lit = lit
         self._last_mw = power_mw
 
-    def wh(self):
-        """Energy in watt-hours (float, for reports)."""
-        return (self.mwh + self._uj / _UJ_PER_MWH) / 1000
-
     def state(self):
         return {"mwh": self.mwh, "uj": self._uj, "burn_s": self.burn_s, "switches": self.switches}
 

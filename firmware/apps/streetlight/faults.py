@@ -109,9 +109,6 @@ class Faults:
         self._lit = False
         self.events = []  # (code, raised) pairs; the app drains it after each update
 
-    def expected_mw(self, duty):
-        return self.rated_mw * (duty >> 6) // 1023
-
     def _rule(self, code, cond, now_s, delay):
         if cond == _UNKNOWN or cond == self.active[code]:
             self._since[code] = _UNKNOWN
@@ -129,7 +126,7 @@ class Faults:
         delay = self.delay_s
         on = s.relay and s.duty > 0
         judge = on and s.settled and s.duty >= _CHECK_DUTY and s.meter_ok
-        exp = self.expected_mw(s.duty)
+        exp = self.rated_mw * (s.duty >> 6) // 1023  # expected power: rated x duty
         p = s.power_mw
         lit = s.meter_ok and p > self.standby_mw
 

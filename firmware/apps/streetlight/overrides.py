@@ -65,9 +65,6 @@ class Overrides:
                 return k
         return NONE
 
-    def remaining(self, kind, now_s):
-        return max(0, self._until[kind] - now_s) if self._on[kind] else 0
-
     def resolve(self, lit, program_level):
         """The level to drive, given whether the program/policy has the lamp ``lit`` and at what level."""
         k = self.active()

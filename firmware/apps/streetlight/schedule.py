@@ -126,15 +126,13 @@ def parse_calendar(entries, programs):
     return tuple(out)
 
 
-def _last_sunday(y, m):
-    """Day number of the last Sunday of month m (31-day months only: March, October)."""
+def _sunday(y, m, n):
+    """Day number of the n-th Sunday of month m; n = 0: the last (31-day months only: March, October)."""
+    if n:
+        z = astro.days_from_civil(y, m, 1)
+        return z + (6 - astro.weekday(z)) % 7 + 7 * (n - 1)
     z = astro.days_from_civil(y, m, 31)
     return z - (astro.weekday(z) + 1) % 7
-
-
-def _nth_sunday(y, m, n):
-    z = astro.days_from_civil(y, m, 1)
-    return z + (6 - astro.weekday(z)) % 7 + 7 * (n - 1)
 
 
 def utc_offset(utc_s, base_min, dst):
@@ -145,16 +143,17 @@ def utc_offset(utc_s, base_min, dst):
         return base_min
     y = astro.civil_from_days(utc_s // 86400)[0]
     if dst == "eu":
-        start = _last_sunday(y, 3) * 86400 + 3600
-        end = _last_sunday(y, 10) * 86400 + 3600
+        start = _sunday(y, 3, 0) * 86400 + 3600
+        end = _sunday(y, 10, 0) * 86400 + 3600
     else:
-        start = _nth_sunday(y, 3, 2) * 86400 + 7200 - base_min * 60
-        end = _nth_sunday(y, 11, 1) * 86400 + 7200 - (base_min + 60) * 60
+        start = _sunday(y, 3, 2) * 86400 + 7200 - base_min * 60
+        end = _sunday(y, 11, 1) * 86400 + 7200 - (base_min + 60) * 60
     return base_min + 60 if start <= utc_s < end else base_min
 
 
 class Night:
-    """One night resolved: its program, clock on/off and sorted steps on the timeline (minutes from noon)."""
+    """One night resolved: its program, clock on/off and sorted steps on the timeline (minutes from noon).
+    The clock has the lamp on at timeline minute ``t`` when ``on <= t < off``."""
 
     def __init__(self, day, program, on, off, steps):
         self.day = day  # day number of the evening
@@ -162,9 +161,6 @@ class Night:
         self.on = on  # timeline minute the clock switches on
         self.off = off  # timeline minute the clock switches off
         self.steps = steps  # tuple of (timeline minute, level permille), sorted
-
-    def clock_on(self, t):
-        return self.on <= t < self.off
 
     def level(self, t):
         """Program level (permille) at timeline minute ``t``."""
@@ -176,17 +172,6 @@ class Night:
             else:
                 break
         return lvl
-
-    def next_change(self, t):
-        """Timeline minute of the next step or clock switch after ``t`` (1440 if none tonight)."""
-        nxt = 1440
-        for m in (self.on, self.off):
-            if t < m < nxt:
-                nxt = m
-        for m, _ in self.steps:
-            if t < m < nxt:
-                nxt = m
-        return nxt
 
 
 class Schedule:
@@ -228,20 +213,13 @@ class Schedule:
         if anchor == AT_CLOCK:
             return minutes - NOON if minutes >= NOON else minutes + NOON
         ev_day = day if evening else day + 1
-        utc = self._sun.get(ev_day * 4 + anchor)
-        if utc is None:
-            utc = self._sun_time(ev_day, anchor)
+        self._fetch(anchor, ev_day)
+        utc = self._sun[ev_day * 4 + anchor]
         if utc < 0 and (utc == astro.ALWAYS_UP or utc == astro.ALWAYS_DOWN):
             return utc
         off = utc_offset(ev_day * 86400 + 43200, self.tz_min, self.dst)
         local = int(utc + off + 0.5)  # minutes after local midnight of ev_day
         return local - NOON + (0 if evening else 1440) + minutes
-
-    def _sun_time(self, ev_day, anchor):
-        for key in [k for k in self._sun if k < (ev_day - 2) * 4]:  # keep two nights
-            del self._sun[key]
-        utc = self._sun[ev_day * 4 + anchor] = astro.sun_event(ev_day, self.lat, self.lon, anchor)
-        return utc
 
     def prefetch(self, day):
         """Compute at most one sun time the night of ``day`` needs; True if one was computed.
@@ -260,9 +238,12 @@ class Schedule:
         return False
 
     def _fetch(self, anchor, ev_day):
+        # compute the sun time ``anchor`` of day ``ev_day`` unless known (or a clock time); True if computed
         if anchor == AT_CLOCK or ev_day * 4 + anchor in self._sun:
             return False
-        self._sun_time(ev_day, anchor)
+        for key in [k for k in self._sun if k < (ev_day - 2) * 4]:  # keep two nights
+            del self._sun[key]
+        self._sun[ev_day * 4 + anchor] = astro.sun_event(ev_day, self.lat, self.lon, anchor)
         return True
 
     def night(self, day):
