@@ -162,7 +162,8 @@ for name in ('/streetlight.json', '/streetlight_energy.json', '/boot_state.json'
 
 BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
 
-IMPORT = "import bootmgr\nimport streetlight.app as A\n"  # as main.py does on the board
+# as main.py does on the board: the boot manager imports the app, then leaves the heap
+IMPORT = "import bootmgr\nimport streetlight.app as A\nimport sys\ndel sys.modules['bootmgr'], bootmgr\n"
 CODE = "gc.collect()\nCODE = gc.mem_alloc() - BASE\n"
 
 APP = '''

@@ -110,12 +110,14 @@ class Out:
 BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
 
 IMPORT = """
-import bootmgr  # as main.py does on the board
+import bootmgr  # as main.py does on the board: the boot manager imports the app, then leaves the heap
 from medical.app import LINK_PACE_MS, SETTINGS, MedicalNode
 from medical.annunciator import Annunciator
 from node import config
 from node.link import Link
 from node.outbox import Outbox
+import sys
+del sys.modules['bootmgr'], bootmgr
 """
 CODE = "gc.collect()\nCODE = gc.mem_alloc() - BASE\n"
 

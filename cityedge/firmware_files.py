@@ -6,7 +6,7 @@ app and switched to in one atomic step (a rename of ``/boot.json``); everything 
 and changes rarely. Relative to the board's flash root:
 
     /boot.py                  firmware/boot.py: puts the active slot's lib on sys.path (counts nothing)
-    /main.py                  firmware/main.py: ``asyncio.run(bootmgr.start())`` (count, roll back, run)
+    /main.py                  firmware/main.py: ``bootmgr.boot()`` (count, roll back, start), then runs the app
     /lib/bootmgr.py           firmware/lib/node/bootmgr.py (the boot manager; outside the slots)
     /lib/board.py             firmware/boards/<board>.py (pin map; hardware, not app)
     /lib/safe/<role>.py       firmware/safe/<role>.py (safe mode: ``run()``, used when no slot boots)

@@ -4,5 +4,6 @@ try:
     import bootmgr  # type: ignore[import-not-found]  # /lib/bootmgr.py on the board
 
     bootmgr.prepare_path()
+    del bootmgr  # boot.py and main.py share their globals: main.py drops the module once the app runs
 except Exception as e:  # noqa: BLE001
     print("boot.py:", e)

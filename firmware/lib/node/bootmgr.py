@@ -22,6 +22,11 @@ the node's HELLO), which resets the count. When the count exceeds ``max_tries``:
 * otherwise nothing boots: safe mode imports ``/lib/safe/<role>.py`` and calls its ``run()``.
 
 Entering the raw REPL (Ctrl-C) interrupts the app without counting as a failed boot.
+
+On the board, main.py calls :func:`boot` and then drops this module while the app runs (its code would take
+heap for nothing): the confirmation is main.py writing the state :func:`boot` prepared, an app's own
+confirmation (``node.supervisor.boot_confirmed``) edits ``/boot.json`` itself, and only a failing app imports
+this module again (:func:`failed`). :func:`start` is the same boot as one coroutine, for tests and the REPL.
 """
 
 import json
@@ -175,14 +180,18 @@ def decide(st):
     return "app", active
 
 
+def _confirmed(st):
+    st["trial"] = False
+    st["tries"] = 0
+    st["last_error"] = None
+    return st
+
+
 def confirm():
     """Mark the running app as booted: the try count is cleared and a trial becomes permanent."""
     st = load_state()
     if st.get("trial") or st.get("tries"):
-        st["trial"] = False
-        st["tries"] = 0
-        st["last_error"] = None
-        save_state(st)
+        save_state(_confirmed(st))
     return st
 
 
@@ -202,10 +211,15 @@ def status():
             "tries": st.get("tries"), "rollback": st.get("rollback")}
 
 
-def _failed(st, err):
+def failed(err):
+    """The app failed: log it, keep the error for the rollback report and reset (the boot counted already)."""
+    log("app failed: %s: %s" % (type(err).__name__, err))
+    sys.print_exception(err)  # type: ignore[attr-defined]
+    st = _state if _state is not None else load_state()  # main.py imports this module again to report
     # keep the error text short: it is a report, not a log
     st["last_error"] = (type(err).__name__ + ": " + str(err))[:120]
     save_state(st)
+    _reset()
 
 
 def _reset():
@@ -221,15 +235,8 @@ def _reset():
     sys.exit(1)  # a soft reset where there is no machine.reset()
 
 
-async def _confirm_later(delay_s):
-    import asyncio
-
-    await asyncio.sleep(delay_s)
-    confirm()
-    log("app confirmed")
-
-
-async def _run_safe(role, why):
+def _safe(role, why):
+    # safe mode: /lib/safe/<role>.py, without any slot on the path; its run() (a coroutine to run, or None)
     log("SAFE MODE (%s)" % why)
     for s in SLOTS:
         p = slot_dir(s) + "/lib"
@@ -237,22 +244,25 @@ async def _run_safe(role, why):
             sys.path.remove(p)
     if role is None:
         log("no role known: staying in the REPL")
-        return
+        return None
     sys.path.insert(0, SAFE_DIR)
     try:
         mod = __import__(role)
     except ImportError as e:
         log("no safe mode for %s (%s): staying in the REPL" % (role, e))
-        return
+        return None
     finally:
         sys.path.remove(SAFE_DIR)
     res = mod.run()
-    if res is not None and hasattr(res, "send"):
-        await res
+    return res if res is not None and hasattr(res, "send") else None
 
 
-async def start(confirm_s=CONFIRM_S):
-    """The whole boot: count, choose a slot (or safe mode), import and run ``<role>.main()``."""
+def boot():
+    """A boot up to the app's main loop: count it, choose a slot (or safe mode), import ``<role>`` and call its
+    ``main()``. Returns ``(coroutine, confirmed)``: what to run, and the text of ``/boot.json`` once the app
+    has run ``CONFIRM_S`` seconds (main.py writes it without this module); ``confirmed`` is None in safe
+    mode, and ``(None, None)`` means nothing is left to run. An app that fails to import or start is a failed
+    boot (:func:`failed`: the board resets). Call it in the event loop: ``main()`` may expect one."""
     st = load_state()
     global _state
     _state = st
@@ -264,28 +274,45 @@ async def start(confirm_s=CONFIRM_S):
     meta = slot_ok(st["active"])
     role = _role(st, meta)
     if what == "safe":
-        await _run_safe(role, arg)
-        return
+        return _safe(role, arg), None
     set_path(arg)
     log("slot %s %s %s try %d/%d%s" % (arg, role, (meta or {}).get("version"), st["tries"], st["max_tries"],
                                        " (trial)" if st.get("trial") else ""))
     if role is None or role == "bare":
         confirm()
+        return None, None
+    try:
+        coro = __import__(role).main()
+    except Exception as e:  # Ctrl-C (KeyboardInterrupt) is none: entering the REPL is not a failed boot
+        failed(e)
+    if coro is None or not hasattr(coro, "send"):
+        confirm()
+        return None, None
+    return coro, json.dumps(_confirmed(dict(st)))
+
+
+async def _confirm_later(delay_s):
+    import asyncio
+
+    await asyncio.sleep(delay_s)
+    confirm()
+    log("app confirmed")
+
+
+async def start(confirm_s=CONFIRM_S):
+    """The whole boot in one coroutine (tests, the REPL): :func:`boot`, then the app, confirmed after
+    ``confirm_s`` seconds. The board's main.py does the same in its own code, so that this module can leave
+    the heap while the app runs."""
+    coro, confirmed = boot()
+    if coro is None:
+        return
+    if confirmed is None:  # safe mode
+        await coro
         return
     import asyncio
 
+    asyncio.create_task(_confirm_later(confirm_s))
     try:
-        app = __import__(role)
-        coro = app.main()
-        if coro is None or not hasattr(coro, "send"):
-            confirm()
-            return
-        asyncio.create_task(_confirm_later(confirm_s))
         await coro
-    except KeyboardInterrupt:
-        raise  # the REPL wants the board: not a failed boot
-    except Exception as e:
-        log("app failed: %s: %s" % (type(e).__name__, e))
-        sys.print_exception(e)  # type: ignore[attr-defined]
-        _failed(st, e)
-        _reset()
+    except Exception as e:  # Ctrl-C (KeyboardInterrupt) is none: the REPL wants the board
+        failed(e)

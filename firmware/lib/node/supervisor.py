@@ -7,7 +7,8 @@
   firmware recorded with :func:`note_reset` just before resetting itself (e.g. ``command``).
 * Failed-boot counting, rollback and the safe-mode decision belong to the boot manager (``bootmgr``: it
   counts a try before importing the app and starts ``/lib/safe/<role>.py`` after repeated failures);
-  :func:`boot_confirmed` tells it the app is healthy, :func:`boot_tries` reads its count.
+  :func:`boot_confirmed` tells it the app is healthy, :func:`boot_tries` reads its count (both in its
+  ``/boot.json``, without importing it: the boot manager is not kept on the heap while the app runs).
 """
 
 import json
@@ -27,6 +28,7 @@ except ImportError:  # CPython (unit tests)
 
 
 BOOT_STATE = "/boot_state.json"
+BOOT_JSON = "/boot.json"  # the boot manager's state (node/bootmgr.py)
 
 _RESET_NAMES = (
     ("PWRON_RESET", "power_on"),
@@ -102,26 +104,30 @@ def note_reset(reason, path=BOOT_STATE):
     _write(path, data)
 
 
-def _bootmgr():
+def _boot_json(path):
     try:
-        import bootmgr  # type: ignore[import-not-found]  # /lib/bootmgr.py on the board
-
-        return bootmgr
-    except ImportError:
+        with open(path) as f:
+            st = json.loads(f.read())
+    except (OSError, ValueError):
         return None
+    return st if isinstance(st, dict) else None
 
 
-def boot_confirmed():
-    """The app has run healthy: tell the boot manager, which clears its failed-boot count."""
-    mgr = _bootmgr()
-    if mgr is not None:
-        mgr.confirm()
+def boot_confirmed(path=BOOT_JSON):
+    """The app has run healthy: clear the boot manager's failed-boot count and end a trial in its state (what
+    ``bootmgr.confirm()`` does; importing the boot manager would bring its code back onto the heap)."""
+    st = _boot_json(path)
+    if st is not None and (st.get("trial") or st.get("tries")):
+        st["trial"] = False
+        st["tries"] = 0
+        st["last_error"] = None
+        _write(path, st)
 
 
-def boot_tries():
+def boot_tries(path=BOOT_JSON):
     """Boots in a row the boot manager counted without a confirmation (0 without a boot manager)."""
-    mgr = _bootmgr()
-    return (mgr.status().get("tries") or 0) if mgr is not None else 0
+    st = _boot_json(path)
+    return (st.get("tries") or 0) if st is not None else 0
 
 
 def forget_boot():
