@@ -123,7 +123,7 @@ class Streetlight:
                                  tx=machine.Pin(board.LINK_TX), rx=machine.Pin(board.LINK_RX), timeout=0)
         self.rx = RxPort(self.uart)
         self.link = Link(self.rx, node["node_id"], (bytes.fromhex(node["key"]), node["key_id"]),
-                         self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self.on_link,
+                         self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self._check_gateway,
                          clock=unix_now, poll_ms=link_cfg.get("poll_ms", 100), ticks=self._ticks,
                          lost_ms=link_cfg.get("lost_s", 90) * 1000, pace_ms=link_cfg.get("pace_ms", _LINK_PACE_MS))
         stale = max(_LINK_IDLE_MS + 15000, 3 * self.s["control_ms"])
@@ -184,13 +184,12 @@ class Streetlight:
         if first:
             self.event(codes.CLOCK_SET, P.EV_INFO)
 
-    def on_link(self, up):
-        if up:
-            self._check_gateway()
-
-    def _check_gateway(self):
+    def _check_gateway(self, up=True):
         """gateway_lost: reports wait and no ACK has released any of them for ``lost_s`` (a quiet link with
-        nothing to send is not lost); cleared when ACKs flow again."""
+        nothing to send is not lost); cleared when ACKs flow again. Also the link's ``on_link`` callback
+        (``up``: the link came up; going down is judged here by the ACKs, not by that news)."""
+        if not up:
+            return
         waiting = self.link.backlog()
         waiting = waiting[0] + waiting[1]
         now = self.uptime_ms
@@ -338,9 +337,9 @@ class Streetlight:
             sched = self.sched
             if sched is not None and unix:
                 day, minute = sched.local(unix)
-                night = sched.night(day)
-                clock_on = night.on <= minute < night.off
-                prog = night.level(minute)
+                sched.night(day)  # resolved once per night
+                clock_on = sched.on <= minute < sched.off
+                prog = sched.level(minute)
                 sched.prefetch(day + 1)  # the next night's sun times, one per step
             elif sched is not None:
                 prog = self.s["programs"]["default"][0][2]

@@ -33,15 +33,15 @@ except ImportError:  # CPython (unit tests)
 CURVE_LOG = const(0)
 CURVE_LINEAR = const(1)
 CURVE_NAMES = ("log", "linear")
-FULL = const(1000)
-DUTY_MAX = const(65535)
+_FULL = const(1000)
+_DUTY_MAX = const(65535)
 
 
 # duty_u16 of each DALI arc power level n = 0..254 (n >= 1 gives 10^((n-1)/(253/3) - 1) % of full light), plus
 # a copy of 254 so interpolation can read index n+1; built at import (no function kept for it)
 _LOG = array("H", bytes(512))
 for _n in range(1, 255):
-    _LOG[_n] = int(10 ** ((_n - 1) / (253 / 3) - 1) * DUTY_MAX / 100 + 0.5)
+    _LOG[_n] = int(10 ** ((_n - 1) / (253 / 3) - 1) * _DUTY_MAX / 100 + 0.5)
 _LOG[255] = _LOG[254]
 del _n
 
@@ -50,8 +50,8 @@ def duty(level, curve=CURVE_LOG, min_out=0):
     """PWM ``duty_u16`` for control ``level`` (per-mille) on ``curve`` with minimum output ``min_out`` (‰)."""
     if level <= 0:
         return 0
-    if level >= FULL:
-        return DUTY_MAX
+    if level >= _FULL:
+        return _DUTY_MAX
     if curve == CURVE_LOG:
         # arc level 1 + (level-1)*253/999 in 1/256 steps, interpolated in the table
         n = 256 + (level - 1) * 64768 // 999
@@ -59,8 +59,8 @@ def duty(level, curve=CURVE_LOG, min_out=0):
         lo = _LOG[i]
         d = lo + (((_LOG[i + 1] - lo) * (n & 255)) >> 8)
     else:
-        d = level * DUTY_MAX // FULL
-    floor = min_out * DUTY_MAX // FULL
+        d = level * _DUTY_MAX // _FULL
+    floor = min_out * _DUTY_MAX // _FULL
     return d if d > floor else floor
 
 

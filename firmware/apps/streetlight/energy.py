@@ -55,11 +55,8 @@ class Energy:
         self._lit = lit
         self._last_mw = power_mw
 
-    def state(self):
-        return {"mwh": self.mwh, "uj": self._uj, "burn_s": self.burn_s, "switches": self.switches}
-
     def restore(self, data):
-        """Take counters from a saved :meth:`state`; bad data is ignored (counters stay as they are)."""
+        """Take counters from what :meth:`save` wrote; bad data is ignored (counters stay as they are)."""
         try:
             mwh, uj, burn, sw = int(data["mwh"]), int(data["uj"]), int(data["burn_s"]), int(data["switches"])
         except (KeyError, TypeError, ValueError):
@@ -70,7 +67,7 @@ class Energy:
         return True
 
     def save(self, path=PATH):
-        save_json(path, self.state())
+        save_json(path, {"mwh": self.mwh, "uj": self._uj, "burn_s": self.burn_s, "switches": self.switches})
 
     def load(self, path=PATH):
         """Restore from ``path`` (or its temporary twin after a cut during a save); False if not valid."""

@@ -14,10 +14,10 @@ except ImportError:  # CPython (unit tests)
         return x
 
 
-POLICY_CLOCK = const(0)  # astronomical clock only
-POLICY_SENSOR = const(1)  # light sensor only
-POLICY_EITHER = const(2)  # on when the clock or the sensor says dark
-POLICY_BOTH = const(3)  # on only when the clock and the sensor agree it is dark
+_POLICY_CLOCK = const(0)  # astronomical clock only
+_POLICY_SENSOR = const(1)  # light sensor only
+_POLICY_EITHER = const(2)  # on when the clock or the sensor says dark
+_POLICY_BOTH = const(3)  # on only when the clock and the sensor agree it is dark
 POLICY_NAMES = ("clock", "sensor", "either", "both")
 
 
@@ -57,10 +57,10 @@ class LightSwitch:
 
 def decide(policy, clock_on, sensor_dark, sensor_valid):
     """Whether the lamp should be lit. An invalid sensor falls back to the clock, whatever the policy."""
-    if policy == POLICY_CLOCK or not sensor_valid or sensor_dark is None:
+    if policy == _POLICY_CLOCK or not sensor_valid or sensor_dark is None:
         return clock_on
-    if policy == POLICY_SENSOR:
+    if policy == _POLICY_SENSOR:
         return sensor_dark
-    if policy == POLICY_EITHER:
+    if policy == _POLICY_EITHER:
         return clock_on or sensor_dark
     return clock_on and sensor_dark

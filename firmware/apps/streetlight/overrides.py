@@ -24,7 +24,7 @@ MANUAL = const(1)
 MAINTENANCE = const(2)
 KIND_NAMES = ("boost", "manual", "maintenance")
 NONE = const(-1)
-MAX_DURATION_S = const(7 * 86400)
+_MAX_DURATION_S = const(7 * 86400)
 
 
 class Overrides:
@@ -37,7 +37,7 @@ class Overrides:
         """Start (or replace) override ``kind`` at ``level`` permille for ``duration_s`` seconds."""
         if not 0 <= level <= 1000:
             raise ValueError("level must be 0..100 %")
-        if not 0 < duration_s <= MAX_DURATION_S:
+        if not 0 < duration_s <= _MAX_DURATION_S:
             raise ValueError("duration must be 1 s .. 7 days")
         self._level[kind] = level
         self._until[kind] = now_s + duration_s

@@ -1,8 +1,8 @@
 """Dimming programs, the calendar that picks one per night, the astronomical on/off clock and local time.
 
 A *night* is named by the date of its evening and runs from local noon to the next local noon; its
-*timeline* is minutes since that noon (0..1440). Everything is resolved once per night into a
-:class:`Night` (a few small tuples), so the control loop only compares integers.
+*timeline* is minutes since that noon (0..1440). Everything is resolved once per night
+(:meth:`Schedule.night`: a few small tuples), so the control loop only compares integers.
 
 Program steps are ``[when, level_percent]``; ``when`` is ``"HH:MM"`` (local wall time; 12:00-23:59 is the
 evening, 00:00-11:59 the next morning) or ``"sunset"``, ``"sunrise"``, ``"dusk"``, ``"dawn"`` with an
@@ -30,7 +30,7 @@ except ImportError:  # CPython (unit tests)
 
 
 AT_CLOCK = const(-1)  # step anchored to a wall-clock time; else an astro event id (astro.SUNRISE...)
-NOON = const(720)
+_NOON = const(720)
 DST_RULES = ("none", "eu", "us")
 _ANCHORS = {"sunrise": astro.SUNRISE, "sunset": astro.SUNSET, "dawn": astro.DAWN, "dusk": astro.DUSK}
 
@@ -151,31 +151,13 @@ def utc_offset(utc_s, base_min, dst):
     return base_min + 60 if start <= utc_s < end else base_min
 
 
-class Night:
-    """One night resolved: its program, clock on/off and sorted steps on the timeline (minutes from noon).
-    The clock has the lamp on at timeline minute ``t`` when ``on <= t < off``."""
-
-    def __init__(self, day, program, on, off, steps):
-        self.day = day  # day number of the evening
-        self.program = program
-        self.on = on  # timeline minute the clock switches on
-        self.off = off  # timeline minute the clock switches off
-        self.steps = steps  # tuple of (timeline minute, level permille), sorted
-
-    def level(self, t):
-        """Program level (permille) at timeline minute ``t``."""
-        steps = self.steps
-        lvl = steps[0][1]
-        for i in range(len(steps)):
-            if steps[i][0] <= t:
-                lvl = steps[i][1]
-            else:
-                break
-        return lvl
-
-
 class Schedule:
-    """Programs + calendar + astronomical clock for one place. Rebuilt (cheaply) when settings change."""
+    """Programs + calendar + astronomical clock for one place. Rebuilt (cheaply) when settings change.
+
+    It holds one resolved night (:meth:`night`; no object per night): ``day`` (its evening's day number),
+    ``on``/``off`` (timeline minutes the clock switches on and off: on while ``on <= t < off``) and
+    ``steps`` (list of (timeline minute, level permille), sorted).
+    """
 
     def __init__(self, lat, lon, programs, calendar=(), holidays=(), on_at=(astro.SUNSET, 0),
                  off_at=(astro.SUNRISE, 0), tz_min=0, dst="none"):
@@ -188,7 +170,9 @@ class Schedule:
         self.off_at = off_at
         self.tz_min = tz_min
         self.dst = dst
-        self._night = None
+        self.day = None  # no night resolved yet
+        self.on = self.off = 0
+        self.steps = []  # type: list
         self._sun = {}  # (day, event) -> UTC minutes: a program change needs no new sun computation
         self._ready = None  # day number whose night has every sun time computed (prefetch)
 
@@ -211,7 +195,7 @@ class Schedule:
     def _event(self, anchor, minutes, day, evening):
         """Timeline minute of a step/clock anchor for the night of ``day``."""
         if anchor == AT_CLOCK:
-            return minutes - NOON if minutes >= NOON else minutes + NOON
+            return minutes - _NOON if minutes >= _NOON else minutes + _NOON
         ev_day = day if evening else day + 1
         self._fetch(anchor, ev_day)
         utc = self._sun[ev_day * 4 + anchor]
@@ -219,7 +203,7 @@ class Schedule:
             return utc
         off = utc_offset(ev_day * 86400 + 43200, self.tz_min, self.dst)
         local = int(utc + off + 0.5)  # minutes after local midnight of ev_day
-        return local - NOON + (0 if evening else 1440) + minutes
+        return local - _NOON + (0 if evening else 1440) + minutes
 
     def prefetch(self, day):
         """Compute at most one sun time the night of ``day`` needs; True if one was computed.
@@ -247,10 +231,10 @@ class Schedule:
         return True
 
     def night(self, day):
-        """The resolved :class:`Night` whose evening is day number ``day`` (cached)."""
-        n = self._night
-        if n is not None and n.day == day:
-            return n
+        """Resolve the night whose evening is day number ``day`` (cached) into ``on``, ``off`` and ``steps``;
+        returns the schedule."""
+        if self.day == day:
+            return self
         name = self.program_for(day)
         steps = []
         for anchor, minutes, level in self.programs[name]:
@@ -268,14 +252,28 @@ class Schedule:
             on = off = 0  # the sun never sets that far: no darkness, the clock stays off
         elif on == astro.ALWAYS_DOWN or off == astro.ALWAYS_DOWN:
             on, off = 0, 1440  # polar night: on all night
-        self._night = Night(day, name, max(0, on), min(1440, off), tuple(steps))
-        return self._night
+        self.day = day
+        self.on = max(0, on)
+        self.off = min(1440, off)
+        self.steps = steps
+        return self
+
+    def level(self, t):
+        """Program level (permille) at timeline minute ``t`` of the resolved night."""
+        steps = self.steps
+        lvl = steps[0][1]
+        for i in range(len(steps)):
+            if steps[i][0] <= t:
+                lvl = steps[i][1]
+            else:
+                break
+        return lvl
 
     def local(self, utc_s):
         """(evening day number, timeline minute) of the night that contains UTC second ``utc_s``."""
         loc = utc_s + utc_offset(utc_s, self.tz_min, self.dst) * 60
         day = loc // 86400
         minute = (loc % 86400) // 60
-        if minute >= NOON:
-            return day, minute - NOON
-        return day - 1, minute + NOON
+        if minute >= _NOON:
+            return day, minute - _NOON
+        return day - 1, minute + _NOON

@@ -47,10 +47,6 @@ def _clock_time(value):
     return value
 
 
-def _holidays(value):
-    return schedule.parse_holidays(value)
-
-
 SCHEMA = (  # type: tuple
     ("dimming.curve", str, "log", ("log", "linear")),
     ("dimming.min_pct", float, 1.0, (0.0, 50.0)),
@@ -65,7 +61,7 @@ SCHEMA = (  # type: tuple
     ("policy", str, "either", ("clock", "sensor", "either", "both")),
     ("programs", dict, None, _program_set),
     ("calendar", list, [], None),
-    ("holidays", list, (), _holidays),
+    ("holidays", list, (), schedule.parse_holidays),
     ("pir.enabled", bool, False, None),
     ("pir.level_pct", float, 100.0, (0.0, 100.0)),
     ("pir.hold_s", int, 120, (5, 3600)),
@@ -121,15 +117,15 @@ def merge(raw, changes, path=PATH):
 
     Returns (values, new_raw); raises config.ConfigError naming the key when a change is invalid.
     """
-    new = json_copy(raw)
+    # copy only the objects on each changed key's path: ``raw`` stays as it is if the change is refused
+    new = dict(raw)
     for key in changes:
         node = new
         parts = key.split(".")
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[part] = nxt
+        for i in range(len(parts) - 1):
+            nxt = node.get(parts[i])
+            nxt = dict(nxt) if isinstance(nxt, dict) else {}
+            node[parts[i]] = nxt
             node = nxt
         node[parts[-1]] = changes[key]
     for key in changes:
@@ -137,9 +133,3 @@ def merge(raw, changes, path=PATH):
             raise config.ConfigError(path, key, "unknown setting")
     values = config.validate(path, new, SCHEMA, strict=True, log=lambda m: None)
     return _finish(values, path, None, [], True), new
-
-
-def json_copy(obj):
-    import json
-
-    return json.loads(json.dumps(obj))
