@@ -388,4 +388,42 @@ def check_config_validation():
     assert ok["node_id"] == 7 and ok["lat"] is None and ok["link"] == {}
 
 
+def check_settings_merge_of_changed_keys_only():
+    from node import config
+    from streetlight import settings
+
+    base = {"clock.tz_min": 60, "clock.off": "dawn+10", "sensor.on_lux": 20,
+            "programs": {"default": [["sunset", 100], ["23:00", 60]], "late": [["dusk", 80]]},
+            "calendar": [{"program": "late", "weekdays": [5]}]}
+    current, raw = settings.merge({}, base)  # validated in full: good values throughout
+    assert raw["clock"] == {"tz_min": 60, "off": "dawn+10"} and current["clock.off"] == (2, 10)
+    cases = [
+        {"programs": {"default": [["sunset", 90], ["05:00", 90]], "late": [["dusk", 70]]}},  # the calendar fits
+        {"dimming.curve": "linear", "clock.tz_min": 120, "faults.rated_w": 60},
+        {"holidays": ["12-24"], "calendar": [{"program": "default", "holidays": True}]},
+        {"sensor.off_lux": 25.0},
+    ]
+    for changes in cases:
+        full = settings.merge(raw, changes)
+        part = settings.merge(raw, changes, current=current)
+        assert part == full, (changes, part[0], full[0])
+    assert settings.merge(raw, cases[1], current=current)[0]["faults.rated_w"] == 60.0
+    refused = [
+        {"programs": {"default": [["sunset", 90]]}},  # the calendar names "late": refused
+        {"sensor.off_lux": 15},  # below on_lux
+        {"dimming.min_pct": 80, "dimming.curve": "cubic"},  # two bad keys: the first in schema order is named
+        {"pir.level_pct": "x"},
+        {"colour": 1},
+    ]
+    for changes in refused:
+        errors = []
+        for cur in (None, current):
+            try:
+                settings.merge(raw, changes, current=cur)
+            except config.ConfigError as e:
+                errors.append((e.key, e.problem))
+        assert len(errors) == 2 and errors[0] == errors[1], (changes, errors)
+    assert raw["clock"] == {"tz_min": 60, "off": "dawn+10"}  # a merge never changes the raw settings it got
+
+
 CHECKS = [name for name in sorted(globals()) if name.startswith("check_")]

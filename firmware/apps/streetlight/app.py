@@ -252,7 +252,8 @@ class Streetlight:
             if not changes:
                 return (P.CS_INVALID, "nothing to change")
             try:
-                values, raw = settings.merge(self.raw, changes, self.settings_path)
+                # values that loaded with a problem are validated again in full (the command may fix them)
+                values, raw = settings.merge(self.raw, changes, self.settings_path, None if self.problems else self.s)
             except config.ConfigError as e:
                 return (P.CS_INVALID, ("%s: %s" % (e.key, e.problem))[:40])
             config.save_json(self.settings_path, raw)
