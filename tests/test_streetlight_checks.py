@@ -180,9 +180,9 @@ def check_dst_rules():
 
 
 def check_light_switch_hysteresis_and_dwell():
-    from streetlight import lightsense as ls
+    from streetlight import schedule
 
-    sw = ls.LightSwitch(on_lux=30, off_lux=60, dwell_s=120)
+    sw = schedule.LightSwitch(on_lux=30, off_lux=60, dwell_s=120)
     assert sw.update(500, 0) is False  # first reading decides at once
     assert sw.update(20, 10) is False  # dark, but not for the dwell yet
     assert sw.update(20, 129) is False
@@ -194,13 +194,13 @@ def check_light_switch_hysteresis_and_dwell():
     assert sw.update(1000, 439) is True  # the 310 reading restarted the dwell at 320
     assert sw.update(1000, 440) is False
     assert sw.update(None, 500) is False and not sw.valid
-    pol = ls.POLICY_NAMES.index
-    assert ls.decide(pol("sensor"), True, False, False) is True  # invalid sensor: the clock decides
-    assert ls.decide(pol("sensor"), False, True, True) is True
-    assert ls.decide(pol("clock"), False, True, True) is False
-    assert ls.decide(pol("either"), False, True, True) is True
-    assert ls.decide(pol("both"), True, False, True) is False
-    assert ls.decide(pol("both"), True, True, True) is True
+    pol = schedule.POLICY_NAMES.index
+    assert schedule.decide(pol("sensor"), True, False, False) is True  # invalid sensor: the clock decides
+    assert schedule.decide(pol("sensor"), False, True, True) is True
+    assert schedule.decide(pol("clock"), False, True, True) is False
+    assert schedule.decide(pol("either"), False, True, True) is True
+    assert schedule.decide(pol("both"), True, False, True) is False
+    assert schedule.decide(pol("both"), True, True, True) is True
 
 
 def check_override_priorities_and_expiry():
@@ -325,9 +325,9 @@ def check_cycling():
 
 
 def check_energy_integration():
-    from streetlight import energy
+    from streetlight import faults
 
-    e = energy.Energy()
+    e = faults.Energy()
     e.add(0, 1000, False)  # first sample only sets the start
     e.add(0, 1000, True)  # switched on
     for _ in range(3600):
@@ -339,7 +339,7 @@ def check_energy_integration():
     e.add(30000, 1000, True)
     assert e.switches == 2
     st = {"mwh": e.mwh, "uj": e._uj, "burn_s": e.burn_s, "switches": e.switches}  # what save() writes
-    e2 = energy.Energy()
+    e2 = faults.Energy()
     assert e2.restore(st) and (e2.mwh, e2._uj, e2.burn_s, e2.switches) == (e.mwh, e._uj, e.burn_s, e.switches)
     assert not e2.restore({"mwh": -1, "uj": 0, "burn_s": 0, "switches": 0})
     assert not e2.restore({"mwh": "x"})
@@ -424,6 +424,19 @@ def check_settings_merge_of_changed_keys_only():
                 errors.append((e.key, e.problem))
         assert len(errors) == 2 and errors[0] == errors[1], (changes, errors)
     assert raw["clock"] == {"tz_min": 60, "off": "dawn+10"}  # a merge never changes the raw settings it got
+
+
+def check_fault_threshold_defaults_match_the_settings():
+    from streetlight import faults, settings
+
+    fl = faults.Faults()
+    names = [key[7:] for key, _, _, _ in settings.SCHEMA if key.startswith("faults.")]
+    assert len(names) == 14, names
+    got = faults.Faults(**{key[7:]: dflt for key, _, dflt, _ in settings.SCHEMA if key.startswith("faults.")})
+    for attr in ("rated_mw", "standby_mw", "lamp_fail_pct", "driver_pct", "v_over_mv", "v_under_mv", "i_over_ma",
+                 "i_under_pct", "day_lux", "cycling_window_s", "delay_s", "clear_s", "sensor_fail_s"):
+        assert getattr(got, attr) == getattr(fl, attr), attr
+    assert len(got._drops) == len(fl._drops) == 3  # cycling_count
 
 
 CHECKS = [name for name in sorted(globals()) if name.startswith("check_")]

@@ -30,7 +30,7 @@ from node import config, supervisor
 from node.link import Link
 from node.outbox import Outbox
 
-from streetlight import curves, energy, faults, lightsense, overrides, schedule, settings
+from streetlight import curves, faults, overrides, schedule, settings
 
 VERSION = "1.0.0"
 _UNIX_2000 = const(946684800)
@@ -107,7 +107,7 @@ class Streetlight:
         self.ov = overrides.Overrides()
         self.sample = faults.Sample()
         self.sample.sensor_ok = True  # until a reading says otherwise
-        self.energy = energy.Energy()
+        self.energy = faults.Energy()
         self.energy.load()
         self.fader = curves.Fader()
         self.duty = -1
@@ -142,13 +142,14 @@ class Streetlight:
         self.curve = curves.CURVE_NAMES.index(s["dimming.curve"])
         self.min_out = int(s["dimming.min_pct"] * 10)
         self.fader.fade_ms = int(s["dimming.fade_s"] * 1000)
-        self.policy = lightsense.POLICY_NAMES.index(s["policy"])
-        self.switch = lightsense.LightSwitch(s["sensor.on_lux"], s["sensor.off_lux"], s["sensor.dwell_s"])
+        self.policy = schedule.POLICY_NAMES.index(s["policy"])
+        self.switch = schedule.LightSwitch(s["sensor.on_lux"], s["sensor.off_lux"], s["sensor.dwell_s"])
         old = getattr(self, "faults", None)
         if old is None or faults_changed:
             thresholds = {}
-            for name, _ in faults.DEFAULTS:
-                thresholds[name] = s["faults." + name]
+            for key in s:
+                if key.startswith("faults."):
+                    thresholds[key[7:]] = s[key]
             self.faults = faults.Faults(**thresholds)
             if old is not None:
                 self.faults.active[:] = old.active  # keep what is raised: no second raise, a clear still comes
@@ -349,7 +350,7 @@ class Streetlight:
             if clock_on is None:
                 lit = dark if (sensor_ok and dark is not None) else True
             else:
-                lit = lightsense.decide(self.policy, clock_on, dark, self.switch.valid)
+                lit = schedule.decide(self.policy, clock_on, dark, self.switch.valid)
             self.fader.go(self.ov.resolve(lit, prog), now_ms)
             s.clock_day = clock_on is not None and not clock_on
         self.level = self.fader.level(now_ms)

@@ -24,9 +24,17 @@ code   name                condition
 =====  ==================  ========================================================================
 
 Expected power is ``rated_w`` x duty (LED drivers draw about in proportion to their PWM duty).
+
+:class:`Energy` keeps the luminaire's energy, burn hours and switch count, integrated from the same samples and
+kept on flash. Integration is in integers: power (mW) x time (ms) = microjoules, carried into whole
+milliwatt-hours, so a year of samples neither loses precision (single-precision floats would) nor allocates.
+Samples are combined with the trapezoid rule. :meth:`Energy.save` writes atomically (temporary file + rename) so
+a power cut leaves the previous or the new counters, never a broken file; at most one save interval is lost.
 """
 
 from array import array
+
+from node.config import ConfigError, read_json, save_json
 
 try:
     from micropython import const
@@ -54,14 +62,8 @@ CODES = (LAMP_FAILURE, DAY_BURNER, CYCLING, OVER_VOLTAGE, UNDER_VOLTAGE, OVER_CU
 _N = const(15)  # codes are small: index arrays by code
 _UNKNOWN = const(-1)
 _CHECK_DUTY = const(3277)  # 5 % of duty_u16: below this, power readings are too small to judge
-
-# thresholds and their defaults; app settings "faults.<name>" override them
-DEFAULTS = (
-    ("rated_w", 40.0), ("standby_w", 2.0), ("lamp_fail_pct", 50), ("driver_pct", 150),
-    ("v_over", 26.4), ("v_under", 21.6), ("i_over", 2.5), ("i_under_pct", 70),
-    ("day_lux", 200), ("cycling_count", 3), ("cycling_window_s", 900),
-    ("delay_s", 30), ("clear_s", 30), ("sensor_fail_s", 60),
-)
+_UJ_PER_MWH = const(3600000)
+ENERGY_PATH = "/streetlight_energy.json"
 
 
 class Sample:
@@ -83,28 +85,27 @@ class Sample:
 
 
 class Faults:
-    def __init__(self, **thresholds):
-        t = dict(DEFAULTS)  # type: dict
-        for k, v in thresholds.items():
-            if k not in t:
-                raise ValueError("unknown fault threshold %r" % k)
-            t[k] = v
-        self.rated_mw = int(t["rated_w"] * 1000)
-        self.standby_mw = int(t["standby_w"] * 1000)
-        self.lamp_fail_pct = t["lamp_fail_pct"]
-        self.driver_pct = t["driver_pct"]
-        self.v_over_mv = int(t["v_over"] * 1000)
-        self.v_under_mv = int(t["v_under"] * 1000)
-        self.i_over_ma = int(t["i_over"] * 1000)
-        self.i_under_pct = t["i_under_pct"]
-        self.day_lux = t["day_lux"]
-        self.cycling_window_s = t["cycling_window_s"]
-        self.delay_s = t["delay_s"]
-        self.clear_s = t["clear_s"]
-        self.sensor_fail_s = t["sensor_fail_s"]
+    # the thresholds are the app settings "faults.<name>"; their defaults here are those of settings.SCHEMA
+    # (tests/test_streetlight_checks.py holds the two equal)
+    def __init__(self, rated_w=40.0, standby_w=2.0, lamp_fail_pct=50, driver_pct=150, v_over=26.4, v_under=21.6,
+                 i_over=2.5, i_under_pct=70, day_lux=200, cycling_count=3, cycling_window_s=900, delay_s=30,
+                 clear_s=30, sensor_fail_s=60):
+        self.rated_mw = int(rated_w * 1000)
+        self.standby_mw = int(standby_w * 1000)
+        self.lamp_fail_pct = lamp_fail_pct
+        self.driver_pct = driver_pct
+        self.v_over_mv = int(v_over * 1000)
+        self.v_under_mv = int(v_under * 1000)
+        self.i_over_ma = int(i_over * 1000)
+        self.i_under_pct = i_under_pct
+        self.day_lux = day_lux
+        self.cycling_window_s = cycling_window_s
+        self.delay_s = delay_s
+        self.clear_s = clear_s
+        self.sensor_fail_s = sensor_fail_s
         self.active = bytearray(_N)
         self._since = array("i", [_UNKNOWN] * _N)  # when the condition started to disagree with the state
-        self._drops = array("i", [-(1 << 30)] * max(1, t["cycling_count"]))
+        self._drops = array("i", [-(1 << 30)] * max(1, cycling_count))
         self._drop_i = 0
         self._lit = False
         self.events = []  # (code, raised) pairs; the app drains it after each update
@@ -190,3 +191,61 @@ class Faults:
     def codes(self):
         """Active fault codes, lowest first."""
         return [c for c in CODES if self.active[c]]
+
+
+class Energy:
+    """Counters of one luminaire; burn time and switch-ons follow the *commanded* state (a deeply dimmed LED
+    draws little more than its driver's idle power, so power alone cannot tell lit from dark)."""
+
+    def __init__(self):
+        self.mwh = 0  # energy in milliwatt-hours
+        self.burn_s = 0  # seconds the lamp burnt
+        self.switches = 0  # dark -> lit transitions
+        self._uj = 0  # microjoules not yet carried into mwh
+        self._burn_ms = 0
+        self._last_mw = -1  # previous sample's power, -1 before the first
+        self._lit = False
+
+    def add(self, power_mw, dt_ms, lit):
+        """Account ``dt_ms`` since the previous sample, which read ``power_mw`` now with the lamp
+        commanded on (``lit``) or off."""
+        if self._last_mw < 0 or dt_ms <= 0 or dt_ms > 600000:
+            self._last_mw = power_mw  # first sample, or a gap we cannot bridge honestly
+            self._lit = lit
+            return
+        self._uj += (self._last_mw + power_mw) * dt_ms // 2
+        if self._uj >= _UJ_PER_MWH:
+            n = self._uj // _UJ_PER_MWH
+            self.mwh += n
+            self._uj -= n * _UJ_PER_MWH
+        if self._lit:  # the lamp burnt since the previous sample
+            self._burn_ms += dt_ms
+            if self._burn_ms >= 1000:
+                self.burn_s += self._burn_ms // 1000
+                self._burn_ms %= 1000
+        if lit and not self._lit:
+            self.switches += 1
+        self._lit = lit
+        self._last_mw = power_mw
+
+    def restore(self, data):
+        """Take counters from what :meth:`save` wrote; bad data is ignored (counters stay as they are)."""
+        try:
+            mwh, uj, burn, sw = int(data["mwh"]), int(data["uj"]), int(data["burn_s"]), int(data["switches"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if min(mwh, uj, burn, sw) < 0:
+            return False
+        self.mwh, self._uj, self.burn_s, self.switches = mwh, uj, burn, sw
+        return True
+
+    def save(self, path=ENERGY_PATH):
+        save_json(path, {"mwh": self.mwh, "uj": self._uj, "burn_s": self.burn_s, "switches": self.switches})
+
+    def load(self, path=ENERGY_PATH):
+        """Restore from ``path`` (or its temporary twin after a cut during a save); False if not valid."""
+        try:
+            data = read_json(path)
+        except ConfigError:
+            return False
+        return data is not None and self.restore(data)

@@ -8,7 +8,7 @@ written back atomically and applied without a reboot. Keys: see docs/streetlight
 
 from node import config
 
-from streetlight import astro, faults, schedule
+from streetlight import astro, schedule
 
 PATH = "/streetlight.json"
 
@@ -73,8 +73,22 @@ SCHEMA = (  # type: tuple
     ("safe.level_pct", float, 100.0, (10.0, 100.0)),
     ("meter.shunt_mohm", int, 100, (1, 10000)),
     ("meter.max_ma", int, 3200, (100, 100000)),
-) + tuple(("faults." + name, float if isinstance(dflt, float) else int, dflt, (0, 1000000))
-          for name, dflt in faults.DEFAULTS)
+    # fault thresholds (streetlight.faults.Faults, whose defaults are the same)
+    ("faults.rated_w", float, 40.0, (0, 1000000)),
+    ("faults.standby_w", float, 2.0, (0, 1000000)),
+    ("faults.lamp_fail_pct", int, 50, (0, 1000000)),
+    ("faults.driver_pct", int, 150, (0, 1000000)),
+    ("faults.v_over", float, 26.4, (0, 1000000)),
+    ("faults.v_under", float, 21.6, (0, 1000000)),
+    ("faults.i_over", float, 2.5, (0, 1000000)),
+    ("faults.i_under_pct", int, 70, (0, 1000000)),
+    ("faults.day_lux", int, 200, (0, 1000000)),
+    ("faults.cycling_count", int, 3, (0, 1000000)),
+    ("faults.cycling_window_s", int, 900, (0, 1000000)),
+    ("faults.delay_s", int, 30, (0, 1000000)),
+    ("faults.clear_s", int, 30, (0, 1000000)),
+    ("faults.sensor_fail_s", int, 60, (0, 1000000)),
+)
 
 
 def _finish(values, path, log, problems, strict):
