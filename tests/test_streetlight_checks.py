@@ -112,6 +112,9 @@ def check_schedule_program_and_calendar():
     assert s.local(utc) == (day(2026, 11, 18), 720), s.local(utc)
     # summer time: 2026-07-01 20:00 UTC = 22:00 CEST -> minute 600 of the night of July 1st
     assert s.local(day(2026, 7, 1) * 86400 + 20 * 3600) == (day(2026, 7, 1), 600)
+    # the switch to summer time (29 March 2026, 01:00 UTC): 00:59:59 UTC = 01:59 CET, 01:00:00 UTC = 03:00 CEST
+    assert s.local(day(2026, 3, 29) * 86400 + 3599) == (day(2026, 3, 28), 839)
+    assert s.local(day(2026, 3, 29) * 86400 + 3600) == (day(2026, 3, 28), 900)
 
 
 def check_schedule_prefetch_spreads_sun_times():
@@ -167,15 +170,16 @@ def check_dst_rules():
     from streetlight import astro, schedule
 
     day = astro.days_from_civil
-    # EU 2026: 29 March 01:00 UTC .. 25 October 01:00 UTC
-    assert schedule.utc_offset(day(2026, 3, 29) * 86400 + 3599, 60, "eu") == 60
-    assert schedule.utc_offset(day(2026, 3, 29) * 86400 + 3600, 60, "eu") == 120
-    assert schedule.utc_offset(day(2026, 10, 25) * 86400 + 3599, 60, "eu") == 120
-    assert schedule.utc_offset(day(2026, 10, 25) * 86400 + 3600, 60, "eu") == 60
+    # EU 2026: 29 March 01:00 UTC .. 25 October 01:00 UTC (minutes since 1970)
+    assert schedule.utc_offset(day(2026, 3, 29) * 1440 + 59, 60, "eu") == 60
+    assert schedule.utc_offset(day(2026, 3, 29) * 1440 + 60, 60, "eu") == 120
+    assert schedule.utc_offset(day(2026, 10, 25) * 1440 + 59, 60, "eu") == 120
+    assert schedule.utc_offset(day(2026, 10, 25) * 1440 + 60, 60, "eu") == 60
     # US 2026 (New York, UTC-5): 8 March 07:00 UTC .. 1 November 06:00 UTC
-    assert schedule.utc_offset(day(2026, 3, 8) * 86400 + 7 * 3600 - 1, -300, "us") == -300
-    assert schedule.utc_offset(day(2026, 3, 8) * 86400 + 7 * 3600, -300, "us") == -240
-    assert schedule.utc_offset(day(2026, 11, 1) * 86400 + 6 * 3600, -300, "us") == -300
+    assert schedule.utc_offset(day(2026, 3, 8) * 1440 + 7 * 60 - 1, -300, "us") == -300
+    assert schedule.utc_offset(day(2026, 3, 8) * 1440 + 7 * 60, -300, "us") == -240
+    assert schedule.utc_offset(day(2026, 11, 1) * 1440 + 6 * 60 - 1, -300, "us") == -240
+    assert schedule.utc_offset(day(2026, 11, 1) * 1440 + 6 * 60, -300, "us") == -300
     assert schedule.utc_offset(0, 330, "none") == 330
 
 

@@ -165,13 +165,15 @@ class Streetlight:
         dst = s["clock.dst"]
         if tz is None:
             tz, dst = self.tz_from_gateway, "none"
-        old = getattr(self, "sched", None)
-        self.sched = None
-        if lat is not None and lon is not None:
-            self.sched = schedule.Schedule(lat, lon, s["programs"], s["calendar"], s["holidays"],
-                                           s["clock.on"], s["clock.off"], tz, dst)
-            if old is not None:
-                self.sched._sun = old._sun  # same place: keep the sun times already computed
+        if lat is None or lon is None:
+            self.sched = None
+            return
+        args = (s["programs"], s["calendar"], s["holidays"], s["clock.on"], s["clock.off"], tz, dst)
+        sched = getattr(self, "sched", None)
+        if sched is None:
+            self.sched = schedule.Schedule(lat, lon, *args)
+        else:
+            sched.set(*args)  # same place: the schedule keeps the sun times it computed
 
     # --- events from the link
     def on_time(self, unix_s, ms, tz):

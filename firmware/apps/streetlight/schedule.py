@@ -147,24 +147,28 @@ def _sunday(y, m, n):
     return z - (astro.weekday(z) + 1) % 7
 
 
-def utc_offset(utc_s, base_min, dst):
-    """Local offset from UTC in minutes at ``utc_s`` (seconds since 1970) for a zone at ``base_min`` with
+def utc_offset(utc_min, base_min, dst):
+    """Local offset from UTC in minutes at ``utc_min`` (minutes since 1970) for a zone at ``base_min`` with
     daylight-saving rule ``dst``: ``"eu"`` (last Sunday of March 01:00 UTC .. last Sunday of October
-    01:00 UTC), ``"us"`` (second Sunday of March 02:00 local .. first Sunday of November 02:00 local)."""
+    01:00 UTC), ``"us"`` (second Sunday of March 02:00 local .. first Sunday of November 02:00 local).
+
+    Minutes, not seconds: Unix seconds are beyond MicroPython's small ints (2^30), so every sum or product of
+    them would allocate a big int; minutes since 1970 stay small for thousands of years.
+    """
     if dst == "none":
         return base_min
-    y = astro.civil_from_days(utc_s // 86400)[0]
+    y = astro.civil_from_days(utc_min // 1440)[0]
     if dst == "eu":
-        start = _sunday(y, 3, 0) * 86400 + 3600
-        end = _sunday(y, 10, 0) * 86400 + 3600
+        start = _sunday(y, 3, 0) * 1440 + 60
+        end = _sunday(y, 10, 0) * 1440 + 60
     else:
-        start = _sunday(y, 3, 2) * 86400 + 7200 - base_min * 60
-        end = _sunday(y, 11, 1) * 86400 + 7200 - (base_min + 60) * 60
-    return base_min + 60 if start <= utc_s < end else base_min
+        start = _sunday(y, 3, 2) * 1440 + 120 - base_min
+        end = _sunday(y, 11, 1) * 1440 + 120 - (base_min + 60)
+    return base_min + 60 if start <= utc_min < end else base_min
 
 
 class Schedule:
-    """Programs + calendar + astronomical clock for one place. Rebuilt (cheaply) when settings change.
+    """Programs + calendar + astronomical clock for one place; :meth:`set` changes all but the place.
 
     It holds one resolved night (:meth:`night`; no object per night): ``day`` (its evening's day number),
     ``on``/``off`` (timeline minutes the clock switches on and off: on while ``on <= t < off``) and
@@ -175,7 +179,15 @@ class Schedule:
                  off_at=(astro.SUNRISE, 0), tz_min=0, dst="none"):
         self.lat = lat
         self.lon = lon
-        self.programs = programs  # name -> parsed program
+        self.on = self.off = 0
+        self.steps = []  # type: list
+        self._sun = {}  # (day, event) -> UTC minutes: a program change needs no new sun computation
+        self.set(programs, calendar, holidays, on_at, off_at, tz_min, dst)
+
+    def set(self, programs, calendar, holidays, on_at, off_at, tz_min, dst):
+        """New programs (name -> parsed program), calendar, holidays, clock and time zone, at the same place:
+        the sun times already computed are kept (a settings change builds no new schedule)."""
+        self.programs = programs
         self.calendar = calendar
         self.holidays = holidays
         self.on_at = on_at
@@ -183,9 +195,6 @@ class Schedule:
         self.tz_min = tz_min
         self.dst = dst
         self.day = None  # no night resolved yet
-        self.on = self.off = 0
-        self.steps = []  # type: list
-        self._sun = {}  # (day, event) -> UTC minutes: a program change needs no new sun computation
         self._ready = None  # day number whose night has every sun time computed (prefetch)
 
     def program_for(self, day):
@@ -213,7 +222,7 @@ class Schedule:
         utc = self._sun[ev_day * 4 + anchor]
         if utc < 0 and (utc == astro.ALWAYS_UP or utc == astro.ALWAYS_DOWN):
             return utc
-        off = utc_offset(ev_day * 86400 + 43200, self.tz_min, self.dst)
+        off = utc_offset(ev_day * 1440 + 720, self.tz_min, self.dst)  # at noon UTC of ev_day
         local = int(utc + off + 0.5)  # minutes after local midnight of ev_day
         return local - _NOON + (0 if evening else 1440) + minutes
 
@@ -283,9 +292,10 @@ class Schedule:
 
     def local(self, utc_s):
         """(evening day number, timeline minute) of the night that contains UTC second ``utc_s``."""
-        loc = utc_s + utc_offset(utc_s, self.tz_min, self.dst) * 60
-        day = loc // 86400
-        minute = (loc % 86400) // 60
+        loc = utc_s // 60  # the only big-int operation (see utc_offset)
+        loc += utc_offset(loc, self.tz_min, self.dst)
+        day = loc // 1440
+        minute = loc % 1440
         if minute >= _NOON:
             return day, minute - _NOON
         return day - 1, minute + _NOON
