@@ -342,6 +342,14 @@ def check_energy_integration():
     assert e.burn_s == 3601 and e.mwh == 60001, (e.burn_s, e.mwh)  # 60 -> 0.6 W ramp, then 9 s idle
     e.add(30000, 1000, True)
     assert e.switches == 2
+    # long periods (control_ms up to 60 s): exact, although (p0 + p1) x dt is past the small ints
+    f = faults.Energy()
+    f.add(60000, 1000, True)
+    f.add(60000, 600000, True)  # 60 W for 10 min = 10 Wh
+    assert (f.mwh, f._uj) == (10000, 0), (f.mwh, f._uj)
+    f.add(123457, 59999, True)  # (60 W + 123.457 W) / 2 for 59.999 s: 1528.78 mWh more
+    total = 10000 * 3600000 + (60000 + 123457) * 59999 // 2
+    assert (f.mwh, f._uj) == (total // 3600000, total % 3600000), (f.mwh, f._uj)
     st = {"mwh": e.mwh, "uj": e._uj, "burn_s": e.burn_s, "switches": e.switches}  # what save() writes
     e2 = faults.Energy()
     assert e2.restore(st) and (e2.mwh, e2._uj, e2.burn_s, e2.switches) == (e.mwh, e._uj, e.burn_s, e.switches)

@@ -213,7 +213,13 @@ class Energy:
             self._last_mw = power_mw  # first sample, or a gap we cannot bridge honestly
             self._lit = lit
             return
-        self._uj += (self._last_mw + power_mw) * dt_ms // 2
+        # (p0 + p1) / 2 x dt in uJ, without forming the product: 60 W for 60 s is 3.6e9 uJ, past MicroPython's
+        # small ints (2^30), and a big int allocates; the whole seconds go to mWh first (1 mWh = 7200 x 500 uJ)
+        mw2 = self._last_mw + power_mw
+        hq = mw2 * (dt_ms // 1000)  # in units of 500 uJ
+        n = hq // 7200
+        self.mwh += n
+        self._uj += (hq - n * 7200) * 500 + mw2 * (dt_ms % 1000) // 2
         if self._uj >= _UJ_PER_MWH:
             n = self._uj // _UJ_PER_MWH
             self.mwh += n

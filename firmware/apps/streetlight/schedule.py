@@ -51,7 +51,16 @@ def parse_when(text):
     """``"22:30"`` -> (AT_CLOCK, 1350); ``"sunset+15"`` -> (astro.SUNSET, 15). Raises ValueError."""
     if not isinstance(text, str):
         raise ValueError("step time must be a string like '22:30' or 'sunset+15'")
-    t = text.strip().lower()
+    t = text.strip()
+    if t[:1].isdigit():  # "HH:MM", parsed in place (no lower-case copy, no list of parts)
+        i = t.find(":")
+        hh, mm = t[:i], t[i + 1:]
+        if i > 0 and hh.isdigit() and mm.isdigit():
+            h, m = int(hh), int(mm)
+            if h < 24 and m < 60:
+                return (AT_CLOCK, h * 60 + m)
+        raise ValueError("bad step time %r (use 'HH:MM' or sunset/sunrise/dusk/dawn with an offset)" % text)
+    t = t.lower()
     for name in _ANCHORS:
         if t.startswith(name):
             rest = t[len(name):].strip()
@@ -65,16 +74,11 @@ def parse_when(text):
                 if rest[0] == "-":
                     off = -off
             return (_ANCHORS[name], off)
-    parts = t.split(":")
-    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-        h, m = int(parts[0]), int(parts[1])
-        if h < 24 and m < 60:
-            return (AT_CLOCK, h * 60 + m)
     raise ValueError("bad step time %r (use 'HH:MM' or sunset/sunrise/dusk/dawn with an offset)" % text)
 
 
 def parse_program(steps):
-    """``[["sunset", 100], ["23:00", 60]]`` -> tuple of (anchor, minutes, level_permille). Raises ValueError."""
+    """``[["sunset", 100], ["23:00", 60]]`` -> list of (anchor, minutes, level_permille). Raises ValueError."""
     if not isinstance(steps, list) or not steps:
         raise ValueError("a program is a non-empty list of [time, level %] steps")
     out = []
@@ -85,8 +89,8 @@ def parse_program(steps):
         level = step[1]
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level <= 100:
             raise ValueError("level in step %r must be 0..100 %%" % (step,))
-        out.append((anchor, minutes, int(level * 10 + 0.5)))
-    return tuple(out)
+        out.append((anchor, minutes, level * 10 if isinstance(level, int) else int(level * 10 + 0.5)))
+    return out
 
 
 def _month_day(text):
@@ -116,6 +120,8 @@ def parse_calendar(entries, programs):
     """Calendar entries -> tuple of (program, from_mmdd, to_mmdd, weekday_mask, holidays_only)."""
     if not isinstance(entries, list):
         raise ValueError("calendar must be a list of entries")
+    if not entries:
+        return ()
     out = []
     for e in entries:
         if not isinstance(e, dict) or "program" not in e:
