@@ -290,37 +290,6 @@ class Streetlight:
         machine.reset()
 
     # --- control
-    def _read_sensors(self):
-        """Light sensor and meter into the sample; a failing device is judged by the fault rules, the lamp
-        keeps following its program."""
-        s = self.sample
-        try:
-            if not self._als_started:
-                self.als.start()
-                self._als_started = True
-            lux = self.als.read()
-            if lux is not None:  # None: the first conversion is not done yet
-                self.lux_x10 = lux
-            s.sensor_ok = True
-        except Exception:  # OSError from the bus, or anything a driver raises: the sensor is failing
-            self._als_started = False
-            self.lux_x10 = -1
-            s.sensor_ok = False
-        m = self.meter
-        try:
-            if not self._meter_started:
-                m.start()
-                self._meter_started = True
-            m.read()
-            s.meter_ok = True
-        except Exception:  # as above: a meter failure
-            self._meter_started = False
-            s.meter_ok = False
-        s.power_mw = m.power_mw if s.meter_ok else 0
-        s.voltage_mv = m.bus_mv if s.meter_ok else 0
-        s.current_ma = m.current_ma if s.meter_ok else 0
-        s.lux = self.lux_x10 // 10 if s.sensor_ok else 0
-
     def control_step(self, full=True):
         """One control period (``full``: sensors, program, policy, overrides, energy, faults) or, between
         two of them while a fade runs, only the next PWM value of the fade."""
@@ -330,7 +299,34 @@ class Streetlight:
         now_s = self.uptime_ms // 1000
         s = self.sample
         if full:
-            self._read_sensors()
+            # light sensor and meter into the sample; a failing device is judged by the fault rules, the lamp
+            # keeps following its program
+            try:
+                if not self._als_started:
+                    self.als.start()
+                    self._als_started = True
+                lux = self.als.read()
+                if lux is not None:  # None: the first conversion is not done yet
+                    self.lux_x10 = lux
+                s.sensor_ok = True
+            except Exception:  # OSError from the bus, or anything a driver raises: the sensor is failing
+                self._als_started = False
+                self.lux_x10 = -1
+                s.sensor_ok = False
+            m = self.meter
+            try:
+                if not self._meter_started:
+                    m.start()
+                    self._meter_started = True
+                m.read()
+                s.meter_ok = True
+            except Exception:  # as above: a meter failure
+                self._meter_started = False
+                s.meter_ok = False
+            s.power_mw = m.power_mw if s.meter_ok else 0
+            s.voltage_mv = m.bus_mv if s.meter_ok else 0
+            s.current_ma = m.current_ma if s.meter_ok else 0
+            s.lux = self.lux_x10 // 10 if s.sensor_ok else 0
             ended = self.ov.expire(now_s)
             if ended != overrides.NONE:
                 self.event(codes.OVERRIDE, P.EV_CLEARED, text=overrides.KIND_NAMES[ended])

@@ -64,11 +64,6 @@ def civil_from_days(z):
     return (y + (1 if m <= 2 else 0), m, d)
 
 
-def weekday(z):
-    """0 = Monday .. 6 = Sunday of day number ``z`` (1970-01-01 was a Thursday)."""
-    return (z + 3) % 7
-
-
 def _sun(n):
     """(declination in radians, equation of time in minutes) ``n`` days after J2000.0: the Astronomical
     Almanac's low-precision solar coordinates (0.01 deg, 1950..2050), about 30 floats."""

@@ -145,12 +145,13 @@ def parse_calendar(entries, programs):
 
 
 def _sunday(y, m, n):
-    """Day number of the n-th Sunday of month m; n = 0: the last (31-day months only: March, October)."""
+    """Day number of the n-th Sunday of month m; n = 0: the last (31-day months only: March, October).
+    Day number z falls on weekday (z + 3) % 7, 0 = Monday (1970-01-01 was a Thursday): 6 is a Sunday."""
     if n:
         z = astro.days_from_civil(y, m, 1)
-        return z + (6 - astro.weekday(z)) % 7 + 7 * (n - 1)
+        return z + (3 - z) % 7 + 7 * (n - 1)
     z = astro.days_from_civil(y, m, 31)
-    return z - (astro.weekday(z) + 1) % 7
+    return z - (z + 4) % 7
 
 
 def utc_offset(utc_min, base_min, dst):
@@ -208,7 +209,7 @@ class Schedule:
         y, m, d = astro.civil_from_days(day)
         md = m * 100 + d
         holiday = md in self.holidays or y * 10000 + md in self.holidays
-        wd = astro.weekday(day)
+        wd = (day + 3) % 7  # 0 = Monday (see _sunday)
         for name, lo, hi, mask, hol in self.calendar:
             if hol and not holiday:
                 continue
