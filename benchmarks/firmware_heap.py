@@ -107,7 +107,9 @@ class I2C:
         buf[0] = c >> 8
         buf[1] = c & 255
     def readfrom_mem_into(self, addr, reg, buf):
-        ma = (600 + 40000 * HW.duty // 65535) * HW.health * 1000 // HW.volts_mv if HW.relay else 0
+        # 40000 * duty // 65535 as duty * 625 // 1024 (within 1): 40000 * duty is a big int (heap) on MicroPython,
+        # while reading the real chip's register allocates nothing, so neither may its stand-in
+        ma = (600 + HW.duty * 625 // 1024) * HW.health * 1000 // HW.volts_mv if HW.relay else 0
         if reg == 2:
             v = (HW.volts_mv // 4) << 3
         elif reg == 4:
