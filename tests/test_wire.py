@@ -191,6 +191,16 @@ def test_cbor_round_trip_and_interop_with_cbor2(value: Any) -> None:
     assert cbor2.loads(enc) == value
     assert cbor.loads(cbor2.dumps(value)) == value
 
+    # the decoder also reads from a memoryview (a node decodes in its receive buffer) and from an offset
+    assert cbor.loads(memoryview(b"\x00\x00" + enc), 2) == value
+
+
+def test_cbor_text_must_be_utf8() -> None:
+    with pytest.raises(w.WireError) as e:
+        cbor.loads(memoryview(b"\x62\xff\xfe"))
+    assert e.value.code == w.E_PAYLOAD
+    assert cbor.loads(memoryview(b"\x82\x66sunset\x62\xc3\xa9")) == ["sunset", "\u00e9"]
+
 
 frame_fields = st.tuples(
     st.sampled_from(sorted(w.TYPE_NAMES)),

@@ -110,10 +110,12 @@ def dumps(obj) -> bytes:
     return bytes(out)
 
 
-def _arg(buf, i: int, end: int, info: int):
-    # the argument of an item head at buf[i-1]; returns (value, next index)
+# The decoder keeps its read position in ``p``, a one-item list shared by the whole decode: returning
+# (value, index) pairs allocated a tuple per item, which on a node is garbage (kilobytes for a CMD).
+def _arg(buf, p: list, end: int, info: int):
+    # the argument of an item head at buf[p[0]-1]; advances p[0] past it
     if info < 24:
-        return info, i
+        return info
     if info == 24:
         size = 1
     elif info == 25:
@@ -124,84 +126,92 @@ def _arg(buf, i: int, end: int, info: int):
         size = 8
     else:
         raise WireError(E_PAYLOAD)
+    i = p[0]
     if i + size > end:
         raise WireError(E_TRUNCATED)
+    p[0] = i + size
     if size == 1:
-        return buf[i], i + 1
-    return int.from_bytes(bytes(buf[i : i + size]), "big"), i + size
+        return buf[i]
+    return int.from_bytes(bytes(buf[i : i + size]), "big")
 
 
-def _item(buf, i: int, end: int, depth: int):
-    """Decode the item at ``buf[i]``; return (value, next index)."""
+def _item(buf, p: list, end: int, depth: int):
+    """Decode the item at ``buf[p[0]]``; return its value, ``p[0]`` moved past it."""
+    i = p[0]
     if i >= end:
         raise WireError(E_TRUNCATED)
     ib = buf[i]
     i += 1
+    p[0] = i
     if ib < 0x18:  # small unsigned int: the common case for labels and scaled values
-        return ib, i
+        return ib
     if ib == 0x18 and i < end:
-        return buf[i], i + 1
+        p[0] = i + 1
+        return buf[i]
     if ib == 0x19 and i + 1 < end:
-        return (buf[i] << 8) | buf[i + 1], i + 2
+        p[0] = i + 2
+        return (buf[i] << 8) | buf[i + 1]
     major = ib >> 5
     info = ib & 0x1F
     if major == 0:
-        return _arg(buf, i, end, info)
+        return _arg(buf, p, end, info)
     if major == 1:
-        n, i = _arg(buf, i, end, info)
-        return -1 - n, i
+        return -1 - _arg(buf, p, end, info)
     if major == 2 or major == 3:
-        n, i = _arg(buf, i, end, info)
+        n = _arg(buf, p, end, info)
+        i = p[0]
         if n > end - i:
             raise WireError(E_TRUNCATED)
-        raw = bytes(buf[i : i + n])
+        p[0] = i + n
         if major == 2:
-            return raw, i + n
+            return bytes(buf[i : i + n])
         try:
-            return raw.decode(), i + n
+            # straight from the buffer, no bytes copy first (an existing interned string is not copied at all)
+            return str(buf[i : i + n], "utf-8")
         except Exception:
             raise WireError(E_PAYLOAD)
     if major == 4 or major == 5:
         if depth >= _MAX_DEPTH:
             raise WireError(E_PAYLOAD)
-        n, i = _arg(buf, i, end, info)
+        n = _arg(buf, p, end, info)
         # every item takes at least one byte: a count larger than what is left cannot be valid
-        if n > end - i:
+        if n > end - p[0]:
             raise WireError(E_TRUNCATED)
         depth += 1
         if major == 4:
             out = []
             for _ in range(n):
-                v, i = _item(buf, i, end, depth)
-                out.append(v)
-            return out, i
+                out.append(_item(buf, p, end, depth))
+            return out
         d = {}
         for _ in range(n):
+            i = p[0]
             if i < end and buf[i] < 0x18:  # small int label: no call
                 k = buf[i]
-                i += 1
+                p[0] = i + 1
             else:
-                k, i = _item(buf, i, end, depth)
+                k = _item(buf, p, end, depth)
                 if not isinstance(k, (int, str)):
                     raise WireError(E_PAYLOAD)
+            i = p[0]
             if i < end and buf[i] < 0x18:
                 d[k] = buf[i]
-                i += 1
+                p[0] = i + 1
             else:
-                v, i = _item(buf, i, end, depth)
-                d[k] = v
-        return d, i
+                d[k] = _item(buf, p, end, depth)
+        return d
     if major == 7:
         if info == 20:
-            return False, i
+            return False
         if info == 21:
-            return True, i
+            return True
         if info == 22:
-            return None, i
+            return None
         if info == 25 or info == 26 or info == 27:
             size = 2 if info == 25 else 4 if info == 26 else 8
             if i + size > end:
                 raise WireError(E_TRUNCATED)
+            p[0] = i + size
             raw = bytes(buf[i : i + size])
             if size == 2:  # IEEE 754 half precision
                 h = (raw[0] << 8) | raw[1]
@@ -213,8 +223,8 @@ def _item(buf, i: int, end: int, depth: int):
                     val = float("inf") if mant == 0 else float("nan")
                 else:
                     val = (mant + 1024) * 2.0 ** (exp - 25)
-                return -val if h & 0x8000 else val, i + 2
-            return struct.unpack(">f" if size == 4 else ">d", raw)[0], i + size
+                return -val if h & 0x8000 else val
+            return struct.unpack(">f" if size == 4 else ">d", raw)[0]
         raise WireError(E_PAYLOAD)
     raise WireError(E_PAYLOAD)
 
@@ -223,7 +233,8 @@ def loads(buf, start: int = 0, end: int = -1):
     """Decode exactly one CBOR item from ``buf[start:end]``; trailing bytes are an error (E_PAYLOAD)."""
     if end < 0:
         end = len(buf)
-    obj, i = _item(buf, start, end, 0)
-    if i != end:
+    p = [start]
+    obj = _item(buf, p, end, 0)
+    if p[0] != end:
         raise WireError(E_PAYLOAD)
     return obj
