@@ -153,14 +153,14 @@ class Outbox:
             if f.readinto(self._skipmv[: ln + 4]) != ln + 4:
                 return False
             crc = binascii.crc32(self._skipmv[:ln], binascii.crc32(self._hdr))
-            if _crc_of(self._skipmv[ln : ln + 4]) != crc & 0xFFFFFFFF:
+            if _crc_of(self._skipmv[ln : ln + 4]) != crc:
                 return False
             return _SKIPPED
         payload = f.read(ln)
         if len(payload) != ln or f.readinto(self._crcbuf) != 4:
             return False
         crc = binascii.crc32(payload, binascii.crc32(self._hdr))
-        if _crc_of(self._crcbuf) != crc & 0xFFFFFFFF:
+        if _crc_of(self._crcbuf) != crc:
             return False
         return (seq, ftype, prio, ts, payload)
 
@@ -212,7 +212,7 @@ class Outbox:
             cur = [self._segno, seq, seq, 0, False]
             segs.append(cur)
         struct.pack_into(_REC, self._hdr, 0, _MAGIC, ln, ftype, prio, seq, ts)
-        crc = binascii.crc32(payload, binascii.crc32(self._hdr)) & 0xFFFFFFFF
+        crc = binascii.crc32(payload, binascii.crc32(self._hdr))  # unsigned already: no mask (a big int)
         struct.pack_into("<I", self._crcbuf, 0, crc)
         f = open(self._path(ch, cur[_NO]), "ab")
         try:

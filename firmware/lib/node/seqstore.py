@@ -35,7 +35,7 @@ def _load(path: str):
         return None
     gen, crc = struct.unpack_from("<II", raw, 4)
     body = raw[12:]
-    if binascii.crc32(body, gen) & 0xFFFFFFFF != crc:
+    if binascii.crc32(body, gen) != crc:  # crc32 is unsigned (MicroPython and CPython 3): no mask, no big int
         return None
     return gen, body
 
@@ -53,7 +53,7 @@ def read_atomic(path: str):
 def write_atomic(path: str, body, gen: int) -> None:
     """Replace ``path`` by ``body`` (generation ``gen``, which must grow) so a power cut leaves old or new."""
     tmp = path + ".tmp"
-    crc = binascii.crc32(body, gen) & 0xFFFFFFFF
+    crc = binascii.crc32(body, gen)
     with open(tmp, "wb") as f:
         f.write(_MAGIC)
         f.write(struct.pack("<II", gen, crc))
@@ -76,6 +76,7 @@ class SeqStore:
         self.rx = 0  # highest gateway seq accepted (replay floor after a reboot)
         self._rx_saved = 0
         self.writes = 0
+        self._body = bytearray(4 * (channels + 1))  # reused by _save: limits, then rx (u32 LE)
         limits = [1] * channels
         got = read_atomic(path)
         if got is not None:
@@ -91,7 +92,10 @@ class SeqStore:
 
     def _save(self) -> None:
         self._gen += 1
-        body = struct.pack("<%dI" % (self.channels + 1), *(self._limit + [self.rx]))
+        body = self._body  # packed in place: no format string, list or bytes per save
+        for ch in range(self.channels):
+            struct.pack_into("<I", body, 4 * ch, self._limit[ch])
+        struct.pack_into("<I", body, 4 * self.channels, self.rx)
         write_atomic(self.path, body, self._gen)
         self._rx_saved = self.rx
         self.writes += 1
