@@ -259,14 +259,16 @@ class Streetlight:
                 values, raw = settings.merge(self.raw, changes, self.settings_path, None if self.problems else self.s)
             except config.ConfigError as e:
                 return (P.CS_INVALID, ("%s: %s" % (e.key, e.problem))[:40])
+            # saved first: a failed flash write leaves the settings in force untouched
             config.save_json(self.settings_path, raw)
             # the fault detector (and its timers) is rebuilt only when a threshold changed
-            old = self.s
+            s = self.s
             faults_changed = False
             for key in values:
-                if key.startswith("faults.") and values[key] != old[key]:
+                if key.startswith("faults.") and values[key] != s[key]:
                     faults_changed = True
-            self.s, self.raw = values, raw
+            s.update(values)  # in place: ``values`` holds the changed keys (or all of them), not a copy
+            self.raw = raw
             self._apply_settings(faults_changed)
             if op == "program" or "programs" in changes or "calendar" in changes:
                 self.event(codes.PROGRAM_CHANGED, P.EV_INFO)

@@ -131,7 +131,8 @@ def merge(raw, changes, path=PATH, current=None):
 
     Returns (values, new_raw); raises config.ConfigError naming the key when a change is invalid. ``current``:
     the values in force, if they were validated from ``raw`` without a problem; then only the changed keys
-    are checked again (the others passed already): the same result and the same errors, with less garbage.
+    are checked again (the others passed already), with the same errors, and ``values`` holds only what
+    ``current.update(values)`` needs to become the full result (no copy of the whole settings).
     """
     # copy only the objects on each changed key's path: ``raw`` stays as it is if the change is refused
     new = dict(raw)
@@ -152,7 +153,9 @@ def merge(raw, changes, path=PATH, current=None):
     else:
         # in schema order, so that the first bad key is named as a full validation would; the calendar too,
         # because ``current`` holds it parsed and _finish checks it against the programs again
-        values = dict(current)
-        values.update(config.validate(path, new, [e for e in SCHEMA if e[0] in changes or e[0] == "calendar"],
-                                      strict=True, log=lambda m: None))
+        values = config.validate(path, new, [e for e in SCHEMA if e[0] in changes or e[0] == "calendar"],
+                                 strict=True, log=lambda m: None)
+        for key in ("programs", "sensor.on_lux", "sensor.off_lux"):  # what _finish reads
+            if key not in values:
+                values[key] = current[key]
     return _finish(values, path, None, [], True), new
