@@ -114,12 +114,14 @@ class Repl:
         self.port = port
         self._t = SerialTransport(port, baudrate=115200)
         # mpremote reads a pty without a timeout: a board that never answers would block the test for good.
-        # With one, its own overall timeouts apply, and a Ctrl-C that came while the board was busy booting
-        # (or resetting) is simply sent again. Reset afterwards: raw-paste mode reads fixed-size answers.
+        # With one, its own overall timeout applies, and a Ctrl-C that a board never answered (lost while it
+        # reset) is sent again. The wait is long: a board busy booting on a loaded machine is slow, and a
+        # second Ctrl-C to a board that was only slow would interrupt what it runs next (its asyncio loop).
+        # Reset afterwards: raw-paste mode reads fixed-size answers.
         self._t.serial.timeout = 0.5
         for attempt in range(attempts):
             try:
-                self._t.enter_raw_repl(soft_reset=False)
+                self._t.enter_raw_repl(soft_reset=False, timeout_overall=45)
                 break
             except TransportError:
                 if attempt == attempts - 1:

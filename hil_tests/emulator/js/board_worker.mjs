@@ -721,6 +721,8 @@ function execRaw(code) {
   runCode(transformAsyncioRun(code), gen).then(([r, text]) => {
     if (gen !== generation) return;
     if (r === 'exit') { emit('\x04\x04>'); softReset(true); return; }
+    // tasks the program left queued keep running in the background (see _emu.kick_loop)
+    try { mp.runPython('import _emu\n_emu.kick_loop()'); } catch (e) { /* a pending Ctrl-C: the REPL takes over */ }
     emit(`\x04${text}\x04>`);
     mode = 'raw';
     rawBuf = [];

@@ -265,6 +265,18 @@ def stop_tasks():
     asyncio.core.cur_task = None
 
 
+def kick_loop():
+    """After a raw-REPL program: tasks it left queued run in the background (a board keeps no loop at the REPL;
+    the emulator does, for tests). The port's loop runs from a JS timer that create_task() does not arm while
+    ``cur_task`` looks set, and a Ctrl-C that escaped the loop can leave it set: between two runs no task is
+    current, so clear it and arm the timer again (rescheduling a pending timer only replaces it)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or asyncio.core._task_queue.peek() is None:
+        return
+    asyncio.core.cur_task = None
+    asyncio.core._schedule_run_iter(0)
+
+
 def _patch_asyncio():
     import asyncio
 
