@@ -175,8 +175,7 @@ class Tracker:
         NB, a known bug kept on purpose: the shift is [vx, vx, vy, vy]·dt on (x0, y0, x1, y1), not
         [vx, vy, vx, vy]·dt (a box moving right is predicted narrower and shorter, not moved). The tracker
         was tuned with it; the correction was measured (docs/vision.md, Counting) and made the held-out
-        count error worse (4.44 -> 5.56 %), so it waits for a re-tune. tests/test_vision_tracker.py pins
-        the correct prediction (strict xfail until then).
+        count error worse (4.44 -> 5.56 %), so it waits for a re-tune with a finer yardstick than line counts.
         """
         ta = np.array([(*t.box, *t.velocity, t.last_seen) for t in tracks])
         dt = now - ta[:, 6]
