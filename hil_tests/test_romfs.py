@@ -21,6 +21,7 @@ from cityedge.paths import ROOT
 from hil_tests.emulator.board import BoardError, EmulatedBoard
 from hil_tests.plugin import Repl
 from hil_tests.test_flash import BROKEN, _confirm, app, make_firmware
+from hil_tests.test_streetlight_support import provision
 from tools.flash import ledger
 from tools.flash.board import Board
 from tools.flash.deploy import probe_roots
@@ -304,15 +305,20 @@ def test_rom_that_reads_back_wrong_is_not_booted(tmp_path: Path, board_factory: 
 
 
 def test_board_started_in_the_romfs_layout_runs_its_app_from_rom(
-    board_factory: Callable[..., EmulatedBoard],
+    tmp_path: Path, board_factory: Callable[..., EmulatedBoard]
 ) -> None:
-    b = board_factory(name="romboot", role=ROLE, layout="romfs")
-    b.wait_for_output(f"bootmgr: slot rom {ROLE} ", timeout=15)
-    assert b.rom_image.startswith(b"\xd2\xcd\x31") and not (b.flash_dir / "app_a").exists()
-    repl = Repl(b.repl_port)
-    try:
-        assert repl.eval(f"__import__('{ROLE}').__file__") == f"/rom/lib/{ROLE}/__init__.mpy"
-    finally:
-        repl.close()
+    # provisioned before it starts: an unprovisioned app fails at once, and three quick failed boots would put
+    # the board into safe mode before the REPL got to it
+    b = EmulatedBoard(tmp_path / "flash", role=ROLE, layout="romfs", name="romboot")
+    provision(b.flash_dir)
+    with b:
+        b.wait_for_output(f"bootmgr: slot rom {ROLE} ", timeout=15)
+        assert b.rom_image.startswith(b"\xd2\xcd\x31") and not (b.flash_dir / "app_a").exists()
+        repl = Repl(b.repl_port)
+        try:
+            assert repl.eval(f"__import__('{ROLE}').__file__") == f"/rom/lib/{ROLE}/__init__.mpy"
+        finally:
+            repl.close()
+        assert "app failed" not in b.serial_log and "SAFE MODE" not in b.serial_log
     with pytest.raises(BoardError, match="does not fit a 16 KiB ROM partition"):
         board_factory(name="romsmall", role=ROLE, layout="romfs", rom_kb=16)

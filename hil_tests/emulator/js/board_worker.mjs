@@ -561,6 +561,8 @@ async function bootVM(rawRepl, soft) {
     if (hasMain) {
       mode = 'app';
       parentPort.postMessage({ type: 'booted', mode });
+      // a Ctrl-C that came during boot waited in the input buffer: it stops main.py once it runs
+      realSetImmediate(drainInput);
       const r = await runFile('main.py', gen);
       if (gen !== generation) return;
       if (r === 'exit') { softReset(false); return; }
