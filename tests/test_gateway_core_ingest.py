@@ -51,6 +51,13 @@ class Site:
             answer = os.read(self.master, 65536)
         for n in (self.light, self.medic) if node is None else (node,):
             n.receive(answer)
+        # a commit on a loaded machine can take longer than the pause: give the one node spoken for a little
+        # more time to get its frames acknowledged (a node whose frames the gateway refuses waits it out)
+        end = asyncio.get_running_loop().time() + 1.0
+        while node is not None and node.pending and asyncio.get_running_loop().time() < end:
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                node.receive(os.read(self.master, 65536))
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
