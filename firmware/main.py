@@ -3,21 +3,16 @@
 # heap (its code would stay there as long as the app runs, for nothing): what the running app still needs of
 # it is here -- the confirmation after CONFIRM_S seconds -- or is imported again when the app fails.
 import asyncio
-import os
 import sys
 
 
 async def confirm_later(delay_s, state):
     # the app ran delay_s seconds without an exception: /boot.json as bootmgr.boot() prepared it (no failed
-    # boot counted, a trial made permanent), replaced atomically like bootmgr does
+    # boot counted, a trial made permanent), replaced atomically by the node library the app has loaded already
     await asyncio.sleep(delay_s)
-    with open("/boot.json.tmp", "w") as f:
-        f.write(state)
-    try:
-        os.rename("/boot.json.tmp", "/boot.json")
-    except OSError:  # FAT does not rename over a file
-        os.remove("/boot.json")
-        os.rename("/boot.json.tmp", "/boot.json")
+    from node.config import save_json  # type: ignore[import-not-found]  # /lib/node or the app's slot
+
+    save_json("/boot.json", state)
     print("bootmgr: app confirmed")
 
 

@@ -44,6 +44,9 @@ def _session(tmp_path: Path, app: str) -> MicroPythonSession:
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "bootmgr.py").write_bytes(BOOTMGR.read_bytes())
+    (lib / "node").mkdir()  # main.py confirms the boot with node.config, as the real apps load it
+    for name in ("__init__.py", "config.py"):
+        (lib / "node" / name).write_bytes((BOOTMGR.parent / name).read_bytes())
     pkg = tmp_path / "app_a" / "lib" / "streetlight"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(app)

@@ -259,8 +259,8 @@ def _safe(role, why):
 
 def boot():
     """A boot up to the app's main loop: count it, choose a slot (or safe mode), import ``<role>`` and call its
-    ``main()``. Returns ``(coroutine, confirmed)``: what to run, and the text of ``/boot.json`` once the app
-    has run ``CONFIRM_S`` seconds (main.py writes it without this module); ``confirmed`` is None in safe
+    ``main()``. Returns ``(coroutine, confirmed)``: what to run, and the state (a dict) ``/boot.json`` takes once
+    the app has run ``CONFIRM_S`` seconds (main.py writes it without this module); ``confirmed`` is None in safe
     mode, and ``(None, None)`` means nothing is left to run. An app that fails to import or start is a failed
     boot (:func:`failed`: the board resets). Call it in the event loop: ``main()`` may expect one."""
     st = load_state()
@@ -288,7 +288,7 @@ def boot():
     if coro is None or not hasattr(coro, "send"):
         confirm()
         return None, None
-    return coro, json.dumps(_confirmed(dict(st)))
+    return coro, _confirmed(dict(st))
 
 
 async def _confirm_later(delay_s):
