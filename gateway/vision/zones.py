@@ -59,6 +59,12 @@ class CountLine:
         length = max((dx * dx + dy * dy) ** 0.5, 1e-9)
         return (dx * (p[1] - self.a[1]) - dy * (p[0] - self.a[0])) / -length
 
+    def rate(self, v: Point) -> float:
+        """How fast a point moving with velocity ``v`` changes its :meth:`side` (px/s)."""
+        dx, dy = self.b[0] - self.a[0], self.b[1] - self.a[1]
+        length = max((dx * dx + dy * dy) ** 0.5, 1e-9)
+        return (dx * v[1] - dy * v[0]) / -length
+
     def within(self, p: Point, q: Point) -> bool:
         """Whether the move p→q passes between the line's end points (not beyond them)."""
         dx, dy = self.b[0] - self.a[0], self.b[1] - self.a[1]
@@ -170,9 +176,18 @@ class Analytics:
         side = 1 if d > 0 else -1
         key = (t.track_id, line.name)
         before = self._side.get(key)
-        self._side[key] = side
-        if before is None or before == side or not confirmed:
+        if before is None:
+            self._side[key] = side
             return
+        # The side a track is on changes only with a counted crossing. A crossing not counted yet stays
+        # pending while the track is on the other side: it counts once the track is confirmed (a weak
+        # pedestrian at night often is only after some detections), and only while the track's own
+        # averaged motion goes that way. A ground point that jumps back across the line against it is a
+        # box taking another object or a merged box for a frame or two, not an object turning round: it
+        # counted twice or three times (there and back) before.
+        if before == side or not confirmed or line.rate(t.velocity) * side <= 0:
+            return
+        self._side[key] = side
         prev = t.prev_center if t.prev_center is not None else p
         if not line.within((prev[0], p[1]), p):
             return
