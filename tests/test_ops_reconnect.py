@@ -185,3 +185,30 @@ async def test_sigterm_ends_the_tail_cleanly_with_its_summary() -> None:
                 await proc.wait()
         summary = (await proc.stderr.read()).decode()
     assert rc == 0 and "events 0, duplicates dropped 0" in summary
+
+
+@pytest.mark.timeout(40)
+async def test_two_tails_with_one_client_id_are_told_why_they_keep_dropping() -> None:
+    # MQTT gives a client id's session to whoever connected last: two consumers started with the same
+    # --client-id take it from each other in turn; the tail says what may be going on instead of only flapping
+    async with LocalBroker() as broker:
+        argv = [sys.executable, "-m", "cityedge", "ops", "tail", "--broker", broker.url, "--client-id", "ops-desk"]
+        argv += ["--lanes", "telemetry", "--duration", "30"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        procs = [
+            await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+            for _ in range(2)
+        ]
+        try:
+            hint = "if another consumer uses --client-id ops-desk"
+            waits = [asyncio.ensure_future(line_with(p.stderr, hint, 30)) for p in procs if p.stderr is not None]
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                w.cancel()
+            line = done.pop().result()  # AssertionError or TimeoutError if no tail ever said it
+            assert "give each consumer its own id" in line
+        finally:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+                await p.wait()

@@ -44,6 +44,7 @@ RETRY_MAX_S = 30.0
 STABLE_S = 10.0  # a connection that lasted this long starts the backoff from the beginning again
 KEEPALIVE_S = 30  # a silently dead connection is noticed within 1.5 x this
 SESSION_EXPIRY_S = 3600  # default --session-expiry
+FLAPS_BEFORE_HINT = 3  # connections in a row lost within STABLE_S before the hint on a shared --client-id
 
 # CONNACK reason codes worth retrying: the broker is there but cannot take us now (MQTT 5 §3.2.2.2.; 3 is
 # MQTT 3.1.1's "server unavailable"). Every other refusal (bad user name or password, not authorised, banned,
@@ -224,6 +225,7 @@ class Tail:
         step = 0  # backoff step: only a connection that lasted STABLE_S starts it again, not a flapping one
         lost_at: float | None = None
         reported = ""  # the failure last reported on stderr
+        short = 0  # connections in a row that dropped within STABLE_S
         while not self.stop.is_set():
             started = time.monotonic()
             connected = False
@@ -252,8 +254,18 @@ class Tail:
             if connected:
                 lost_at = time.monotonic()
                 if lost_at - started > STABLE_S:
-                    step = 0  # it was working: the first retries come quickly again
+                    step = short = 0  # it was working: the first retries come quickly again
+                else:
+                    short += 1
                 _say(f"lost the connection to {broker} ({error}); reconnecting")
+                if short == FLAPS_BEFORE_HINT and self.args.client_id:
+                    # MQTT gives a client id's session to whoever connected last: two consumers with the same
+                    # id take it from each other in turn (the broker gives no reason code that says so)
+                    _say(
+                        f"the connection keeps dropping soon after it is made: if another consumer uses "
+                        f"--client-id {self.args.client_id}, the broker hands the session to whichever "
+                        f"connected last; give each consumer its own id"
+                    )
             elif error != reported:  # one line per kind of failure, not one per attempt
                 _say(f"cannot connect to {broker} ({error}); retrying, at most every {RETRY_MAX_S:g} s")
             reported = error
