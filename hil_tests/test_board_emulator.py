@@ -195,6 +195,31 @@ def test_watchdog_expiry_resets_with_wdt_cause(board_factory: Callable[..., Emul
     assert "BROWN_OUT" in b.serial_log
 
 
+def test_rtc_time_survives_software_and_watchdog_resets_not_a_power_cut(
+    board_factory: Callable[..., EmulatedBoard],
+) -> None:
+    # as the ESP32's RTC domain: it keeps counting through machine.reset() and a watchdog reset (a node that
+    # resets at night still knows the time); a power-on starts it from zero
+    b, r = _fresh(board_factory, virtual_time=True)
+    year = "__import__('time').localtime()[0]"
+    r.exec("from machine import RTC\nRTC().datetime((2030, 1, 2, 2, 3, 4, 5, 0))")
+    assert r.eval(year) == 2030
+    r.close()
+    for reset in (b.hard_reset, b.watchdog_expire):
+        boots = b.status()["boots"]
+        reset()
+        b.wait_booted(boots=boots + 1)
+        r = Repl(b.repl_port)
+        assert r.eval(year) == 2030, reset.__name__
+        r.close()
+    boots = b.status()["boots"]
+    b.power_cut()
+    b.wait_booted(boots=boots + 1)
+    r = Repl(b.repl_port)
+    assert r.eval(year) != 2030
+    r.close()
+
+
 def test_main_runs_at_boot_not_after_raw_repl_soft_reset_and_ctrl_c(
     board_factory: Callable[..., EmulatedBoard],
 ) -> None:

@@ -476,10 +476,10 @@ const hwApi = {
   rom_block: ROM_BLOCK,
   rom_erase(offset, length) { return romErase(Number(offset), Number(length)); },
   rom_write(offset, hex) { return romWrite(Number(offset), hex); },
-  set_rtc_offset(ms) { rtcOffsetMs = Number(ms); },
+  set_rtc_offset(ms) { rtcOffsetMs = Number(ms); parentPort.postMessage({ type: 'rtc', ms: rtcOffsetMs }); },
   get_rtc_offset() { return String(rtcOffsetMs); },
 };
-let rtcOffsetMs = cfg.rtcOffsetMs || 0; // RTC survives soft reset (and hard reset: the host keeps it)
+let rtcOffsetMs = cfg.rtcOffsetMs || 0; // survives a soft reset here, other resets but power-on in the host
 const timers = new Map();
 
 // ---- the VM and the REPL state machine ---------------------------------------------------------------

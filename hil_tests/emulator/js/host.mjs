@@ -95,6 +95,7 @@ class Board {
     this.boots = 0;
     this.wakeAt = null; // virtual time: board time a deep-sleeping board wakes at
     this.resetReason = 'pwron';
+    this.rtcOffsetMs = 0; // machine.RTC's offset from the board clock, kept across resets but power-on
     this.repl = new PtyPort(cfg.repl_fd, (d) => this.input(d));
     this.linkPort = cfg.link_fd !== undefined && cfg.link_fd !== null
       ? new PtyPort(cfg.link_fd, (d) => this.fromLink(d)) : null;
@@ -167,6 +168,9 @@ class Board {
     Atomics.store(this.ctl, 1, opts.keepInputFrom ?? Atomics.load(this.ctl, 0));
     this.horizon[1] = 0; // the watchdog is off after any reset until firmware arms it again
     const c = CAUSES[cause] || CAUSES.hard;
+    // the ESP32's RTC domain keeps counting through a software, watchdog or deep-sleep reset; a power-on or
+    // a brown-out starts it from zero (the time set through machine.RTC is lost)
+    if (cause === 'pwron' || cause === 'brownout') this.rtcOffsetMs = 0;
     this.output(Buffer.from(`\r\n${c.rom}\r\n`, 'latin1'));
     const w = new Worker(WORKER, {
       workerData: {
@@ -185,6 +189,7 @@ class Board {
         heapsize: this.cfg.heapsize,
         romSize: this.cfg.rom_size || 0,
         romImage: this.cfg.rom_image,
+        rtcOffsetMs: this.rtcOffsetMs,
         replUart: 0,
         rawRepl: !!opts.rawRepl,
         ctlSab: this.ctlSab,
@@ -242,6 +247,7 @@ class Board {
         this.pending.delete(m.id);
         send(m.ok ? { id: m.id, ok: true, result: m.result } : { id: m.id, ok: false, error: m.result });
         break;
+      case 'rtc': this.rtcOffsetMs = m.ms; break;
       case 'booted': this.mode = m.mode; send({ event: 'booted', board: this.id, mode: m.mode, boots: this.boots }); break;
       case 'log': send({ event: 'log', board: this.id, text: m.text }); break;
       case 'fatal': send({ event: 'fatal', board: this.id, text: m.text }); break;
