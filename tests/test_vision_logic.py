@@ -20,7 +20,7 @@ from gateway.vision.lighting import AdaptiveLighting, CameraView, is_night
 from gateway.vision.motion import MotionGate
 from gateway.vision.privacy import blur_private
 from gateway.vision.scenes import draw_pedestrian, quiet_frames, render_background
-from gateway.vision.tracker import Tracker
+from gateway.vision.tracker import Track, Tracker
 from gateway.vision.zones import Analytics, CountLine, Zone
 
 # ---------------------------------------------------------------------------------------------- motion
@@ -146,6 +146,63 @@ def test_a_box_jumping_back_across_the_line_against_the_motion_counts_once() -> 
     # an object that really turns round is counted both ways once its motion has turned
     back = [Detection("pedestrian", 0.9, (x, 300, x + 30, 400)) for x in [*range(200, 340, 3), *range(340, 200, -3)]]
     assert _crossings(back) == ["a_to_b", "b_to_a"]
+
+
+def test_a_path_split_at_the_line_keeps_its_crossing() -> None:
+    # A pedestrian walks east. Just before the line its track takes a stale box left behind (the detector
+    # lags at night) while the real box, 20 px on, already past the line, starts a second track inside the
+    # first one's gate: its kin. Neither track sees both sides; the crossing was lost. The new track
+    # starts on its kin's side and counts it.
+    tr = Tracker(min_hits=2)
+    an = Analytics([], [CountLine("mid", (320, 480), (320, 0))])
+
+    def box(x: float) -> Detection:  # ground point at x + 15
+        return Detection("pedestrian", 0.9, (x, 300, x + 30, 400))
+
+    frames = [[box(x)] for x in range(250, 301, 3)] + [[box(298), box(318)]]
+    frames += [[box(x)] for x in range(321, 420, 3)] + [[] for _ in range(40)]
+    events, first = [], tr._next_id
+    for i, dets in enumerate(frames):
+        updated, ended = tr.update(dets, i / 15)
+        events += an.update(updated, ended, i / 15)
+    crossings = [e.body for e in events if e.kind == "line_cross"]
+    assert [(c["direction"], c["track"]) for c in crossings] == [("a_to_b", first + 1)]
+
+
+def _seen(t: Track, ground_x: float, now: float, vx: float) -> Track:
+    """``t`` detected again (score 0.9) with its ground point at ``ground_x`` and velocity ``vx``."""
+    t.box = (ground_x - 15, 300, ground_x + 15, 400)
+    t.last_seen, t.velocity = now, (vx, 0.0)
+    t.hits += 1
+    t.score_sum += 0.9
+    return t
+
+
+def test_a_track_finding_its_object_back_after_its_kin_counted_it_does_not_count_again() -> None:
+    # Track 1 follows a pedestrian walking east, loses it for a while before the line; track 2 (its kin)
+    # picks the pedestrian up, still before the line, and counts the crossing; then track 1 finds the
+    # pedestrian back past the line. It counted the same crossing a second time.
+    an = Analytics([], [CountLine("mid", (320, 480), (320, 0))])
+    old = Track(1, (0, 0, 1, 1), 0.0, 0.0, 0.9, label="pedestrian", score_sum=0.9)
+    new = Track(2, (0, 0, 1, 1), 0.4, 0.4, 0.9, label="pedestrian", kin=1, hits=0)
+    events = []
+    for i, x in enumerate((290, 294, 298)):
+        events += an.update([_seen(old, x, i * 0.1, 40.0)], [], i * 0.1)
+    for i, x in enumerate((306, 310, 314, 318, 326, 330)):
+        events += an.update([_seen(new, x, 0.4 + i * 0.1, 40.0)], [], 0.4 + i * 0.1)
+    events += an.update([_seen(old, 338, 1.0, 40.0)], [], 1.0)
+    events += an.update([_seen(old, 342, 1.1, 40.0)], [], 1.1)
+    assert [(e.body["direction"], e.body["track"]) for e in events if e.kind == "line_cross"] == [("a_to_b", 2)]
+    # a kin moving the other way is another object, left alone (it would count a crossing it never made)
+    an = Analytics([], [CountLine("mid", (320, 480), (320, 0))])
+    west = Track(1, (0, 0, 1, 1), 0.0, 0.0, 0.9, label="pedestrian", score_sum=0.9)
+    east = Track(2, (0, 0, 1, 1), 0.0, 0.0, 0.9, label="pedestrian", kin=1, hits=0)
+    events = an.update([_seen(west, 312, 0.0, -40.0)], [], 0.0)
+    for i, x in enumerate((300, 306, 312, 318, 326)):
+        events += an.update([_seen(east, x, 0.1 + i * 0.1, 40.0)], [], 0.1 + i * 0.1)
+    for i, x in enumerate((306, 300)):
+        events += an.update([_seen(west, x, 0.7 + i * 0.1, -40.0)], [], 0.7 + i * 0.1)
+    assert [(e.body["direction"], e.body["track"]) for e in events if e.kind == "line_cross"] == [("a_to_b", 2)]
 
 
 def test_dwell_and_stopped_alerts_once_per_object() -> None:

@@ -39,6 +39,8 @@ class Track:
     # the label with the most votes, kept by vote(): the tracker and analytics ask for it dozens of times
     # per frame, and the votes change only there
     label: str = "?"
+    # the track this one may continue (see Tracker.update), if any: its id
+    kin: int | None = None
 
     def vote(self, d: Detection) -> None:
         """Count ``d``'s label for this track; a partial view (box at the frame edge) counts a third."""
@@ -130,10 +132,18 @@ class Tracker:
             t.vote(d)
             t.hits += 1
             updated.append(t)
+        # A detection left over although it lay inside a same-class track's gate may be that track's object
+        # seen again after the track took another box (a stale or second box of the same object, or a
+        # neighbour's): its new track remembers the best such track (pairs are sorted best first) as its
+        # kin. The tracker itself does nothing with it; the line counts use it (zones.Analytics).
+        kin: dict[int, int] = {}
+        for _, ti, di in pairs:
+            if di not in used_d and di not in kin and tracks[ti].label == detections[di].label:
+                kin[di] = tracks[ti].track_id
         for di, d in enumerate(detections):
             if di in used_d or self._second_view(d, updated):
                 continue
-            t = Track(self._next_id, d.box, now, now, d.score)
+            t = Track(self._next_id, d.box, now, now, d.score, kin=kin.get(di))
             t.vote(d)
             self._next_id += 1
             self.tracks[t.track_id] = t

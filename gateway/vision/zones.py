@@ -103,6 +103,8 @@ class Analytics:
         self._alerted: set[tuple[int, str, str]] = set()
         self._side: dict[tuple[int, str], int] = {}  # (track, line) -> -1 / +1
         self._labels: dict[int, str] = {}
+        self._tracks: dict[int, Track] = {}  # live tracks by id
+        self._kin: dict[int, list[int]] = {}  # track -> live tracks that may follow the same object (Track.kin)
         self._line_counts: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
         self._zone_entries: dict[str, dict[str, int]] = defaultdict(dict)
         self._interval_start: float | None = None
@@ -123,6 +125,8 @@ class Analytics:
             self._interval_start = now
         for t in tracks:
             self._labels[t.track_id] = t.label
+            if t.track_id not in self._tracks:
+                self._new_track(t)
             p = ground_point(t)
             confirmed = t.hits >= self.min_hits and t.quality >= self.min_quality
             for line in self.lines:
@@ -155,11 +159,30 @@ class Analytics:
                     events.append(self._leave(zone.name, t, now))
             for line in self.lines:
                 self._side.pop((t.track_id, line.name), None)
+            self._tracks.pop(t.track_id, None)
+            for k in self._kin.pop(t.track_id, []):
+                if k in self._kin:
+                    self._kin[k] = [x for x in self._kin[k] if x != t.track_id]
             self._labels.pop(t.track_id, None)
             self._alerted = {a for a in self._alerted if a[0] != t.track_id}
         if now - self._interval_start >= self.interval_s:
             events.append(self.flush_counts(now))
         return events
+
+    def _new_track(self, t: Track) -> None:
+        """A track seen for the first time. One born next to a same-class track (its ``kin``) is often
+        the same object, its path split in two where the old track took another box: it starts on its kin's
+        side of each line rather than on its own, so that a split right at a line does not lose the
+        crossing (neither part saw both sides)."""
+        self._tracks[t.track_id] = t
+        if t.kin is None or t.kin not in self._tracks:
+            return
+        self._kin.setdefault(t.kin, []).append(t.track_id)
+        self._kin.setdefault(t.track_id, []).append(t.kin)
+        for line in self.lines:
+            side = self._side.get((t.kin, line.name))
+            if side is not None:
+                self._side[(t.track_id, line.name)] = side
 
     def _leave(self, zone: str, t: Track, now: float) -> VisionEvent:
         entered = self._inside.pop((t.track_id, zone))
@@ -188,6 +211,13 @@ class Analytics:
         if before == side or not confirmed or line.rate(t.velocity) * side <= 0:
             return
         self._side[key] = side
+        # Kin that lost its object in this frame and moves the same way is, most likely, the same object
+        # seen by two tracks: it takes the new side too, so that it does not count this crossing again when
+        # it finds the object back. (Kin moving another way, or still seeing its own object, is left alone.)
+        for k in self._kin.get(t.track_id, ()):
+            other, kin_key = self._tracks[k], (k, line.name)
+            if other.last_seen < now and self._side.get(kin_key) == before and line.rate(other.velocity) * side > 0:
+                self._side[kin_key] = side
         prev = t.prev_center if t.prev_center is not None else p
         if not line.within((prev[0], p[1]), p):
             return
