@@ -182,7 +182,7 @@ def test_watchdog_expiry_resets_with_wdt_cause(board_factory: Callable[..., Emul
     b, r = _fresh(board_factory, virtual_time=True)
     r.exec("from machine import WDT\nw = WDT(timeout=2000)\nw.feed()")
     b.advance(1.5)
-    assert b.status()["boots"] == 1
+    assert b.status()["boots"] == 1, (b.status(), b.serial_log[-800:])
     boots = b.status()["boots"]
     b.advance(1.0)
     b.wait_booted(boots=boots + 1)

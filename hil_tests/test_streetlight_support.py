@@ -131,6 +131,17 @@ class GatewaySim:
         self.send(cewire.T_CMD, P.cmd(cmd_id, op, args))
 
     # --- what arrived
+    def settle(self, quiet_s: float = 0.3, timeout: float = 5.0) -> None:
+        """Wait (real time) until no record has come in for ``quiet_s``: what the board wrote before is in."""
+        deadline = time.monotonic() + timeout
+        seen, since = len(self.records), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            if len(self.records) != seen:
+                seen, since = len(self.records), time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+
     def of_type(self, ftype: int) -> list[Record]:
         return [r for r in self.records if r.ftype == ftype]
 

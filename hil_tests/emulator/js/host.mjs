@@ -23,6 +23,9 @@ const config = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const LOG_MAX = 256 * 1024;
 const wasmModule = await WebAssembly.compile(fs.readFileSync(path.join(path.dirname(config.micropython), 'micropython.wasm')));
 const RING_SIZE = 1 << 16;
+// a Ctrl-C unread this long means a VM in a loop that never sleeps; long enough that a worker only starved of
+// CPU on a loaded machine is not taken for a hung one
+const HUNG_MS = 4000;
 
 // ESP32 ROM reset lines and MicroPython machine.reset_cause() values
 const CAUSES = {
@@ -91,7 +94,7 @@ class Board {
     this.linkLastDue = 0;
     this.rand = mulberry32(cfg.seed ?? 1);
     this.lastRead = 0;
-    this.stuckSince = 0;
+    this.stuckSince = null; // when checkHung first saw the current Ctrl-C waiting (null: none seen yet)
     this.boots = 0;
     this.wakeAt = null; // virtual time: board time a deep-sleeping board wakes at
     this.resetReason = 'pwron';
@@ -164,6 +167,7 @@ class Board {
     this.powered = true;
     this.resetReason = cause;
     this.boots++;
+    this.stuckSince = null; // a new VM: a Ctrl-C waiting from before is timed from now
     // input typed before the reset is gone, except after the Ctrl-C that made us respawn a hung board
     Atomics.store(this.ctl, 1, opts.keepInputFrom ?? Atomics.load(this.ctl, 0));
     this.horizon[1] = 0; // the watchdog is off after any reset until firmware arms it again
@@ -255,7 +259,7 @@ class Board {
     }
   }
 
-  // A VM stuck in a loop that never sleeps cannot see Ctrl-C: if a Ctrl-C waits unread for a second,
+  // A VM stuck in a loop that never sleeps cannot see Ctrl-C: if a Ctrl-C waits unread for HUNG_MS,
   // respawn the board (a hard reset, as pressing EN on a hung board).
   checkHung(now) {
     if (!this.worker) return;
@@ -266,8 +270,10 @@ class Board {
     const w = Atomics.load(this.ctl, 0);
     let ctrlC = -1;
     for (let i = r; i < w; i++) if (this.ring[i % RING_SIZE] === 3) { ctrlC = i; break; }
-    if (ctrlC < 0 || r !== this.lastRead) { this.lastRead = r; this.stuckSince = now; return; }
-    if (now - this.stuckSince > 1500) { this.stuckSince = now; this.spawn('hung', { keepInputFrom: ctrlC + 1 }); }
+    // the clock starts when a waiting Ctrl-C is first seen: starting at 0, a Ctrl-C that came before the board
+    // had read any input at all (read pointer still 0) counted as unread since 1970 and reset a healthy board
+    if (ctrlC < 0 || r !== this.lastRead || this.stuckSince === null) { this.lastRead = r; this.stuckSince = now; return; }
+    if (now - this.stuckSince > HUNG_MS) { this.stuckSince = null; this.spawn('hung', { keepInputFrom: ctrlC + 1 }); }
   }
 
   control(m) {
