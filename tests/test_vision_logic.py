@@ -150,7 +150,7 @@ def test_a_box_jumping_back_across_the_line_against_the_motion_counts_once() -> 
 
 def test_a_path_split_at_the_line_keeps_its_crossing() -> None:
     # A pedestrian walks east. Just before the line its track takes a stale box left behind (the detector
-    # lags at night) while the real box, 20 px on, already past the line, starts a second track inside the
+    # lags at night) while the real box, 24 px on, already past the line, starts a second track inside the
     # first one's gate: its kin. Neither track sees both sides; the crossing was lost. The new track
     # starts on its kin's side and counts it.
     tr = Tracker(min_hits=2)
@@ -159,8 +159,8 @@ def test_a_path_split_at_the_line_keeps_its_crossing() -> None:
     def box(x: float) -> Detection:  # ground point at x + 15
         return Detection("pedestrian", 0.9, (x, 300, x + 30, 400))
 
-    frames = [[box(x)] for x in range(250, 301, 3)] + [[box(298), box(318)]]
-    frames += [[box(x)] for x in range(321, 420, 3)] + [[] for _ in range(40)]
+    frames = [[box(x)] for x in range(250, 301, 3)] + [[box(298), box(322)]]
+    frames += [[box(x)] for x in range(325, 420, 3)] + [[] for _ in range(40)]
     events, first = [], tr._next_id
     for i, dets in enumerate(frames):
         updated, ended = tr.update(dets, i / 15)

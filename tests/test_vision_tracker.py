@@ -84,3 +84,22 @@ def test_a_still_track_is_predicted_where_it_was() -> None:
     assert track.velocity == (0.0, 0.0)
     assert tr.predicted(3.0) == {track.track_id: pytest.approx((200.0, 300.0, 260.0, 340.0))}
     assert Tracker().predicted(1.0) == {}
+
+
+def test_a_second_box_on_a_tracked_object_starts_no_track_but_a_neighbour_does() -> None:
+    # A pedestrian (30 px wide) walks east; for five frames the detector also gives a second box lagging
+    # 20 px behind it (IoU 0.2: a stale or partial view at night). It is a second view of the tracked
+    # object, not a new one: a track started from it split the object's path (and took over its counts).
+    # A second pedestrian walking alongside, 26 px apart (IoU 0.07), is a new object and gets a track.
+    def ped(x: float) -> Detection:
+        return Detection("pedestrian", 0.9, (x, 300.0, x + 30.0, 400.0))
+
+    tr = Tracker(min_hits=1)
+    for i in range(20):
+        x = 100.0 + 3.0 * i
+        tr.update([ped(x), ped(x - 20.0)] if 10 <= i < 15 else [ped(x)], i / 15)
+    assert len(tr.tracks) == 1
+    for i in range(20, 25):
+        x = 100.0 + 3.0 * i
+        tr.update([ped(x), ped(x + 26.0)], i / 15)
+    assert len(tr.tracks) == 2

@@ -80,7 +80,7 @@ class Tracker:
         min_hits: int = 2,
         max_missed_s: float = 1.0,
         still_px_per_s: float = 8.0,
-        birth_iou: float = 0.3,
+        birth_iou: float = 0.15,
         velocity_tau_s: float = 1.0,
     ) -> None:
         self.min_iou = min_iou
