@@ -168,6 +168,20 @@ def test_board_without_romfs_is_refused_with_a_sentence(
     assert "ROM partition: none (this MicroPython has no ROMFS)" in status.stdout, status
 
 
+def test_layout_auto_takes_the_rom_partition_where_the_app_fits_and_the_files_slots_elsewhere(
+    tmp_path: Path, board_factory: Callable[..., EmulatedBoard]
+) -> None:
+    # a fresh board holds the bare app in slot a: a files deploy goes to slot b
+    cases = (("big", 256, "romfs", "rom"), ("tiny", 16, "files", "b"), ("none", 0, "files", "b"))
+    for name, rom_kb, layout, slot in cases:
+        b = board_factory(name=name, rom_kb=rom_kb)
+        r = run_job(job(tmp_path / name, b, layout="auto", verify=False))
+        assert r["result"] == "ok", r
+        assert r["layout"] == layout and r["app"]["layout"] == layout and r["app"]["slot"] == slot, (name, r)
+        assert ledger.read(tmp_path / name / "ledger.jsonl")[-1]["layout"] == layout
+        b.close()
+
+
 def test_image_larger_than_the_partition_is_refused(
     tmp_path: Path, board_factory: Callable[..., EmulatedBoard]
 ) -> None:

@@ -24,7 +24,7 @@ from tools.flash.board import Board
 from tools.flash.deploy import DeployResult, build_image, deploy, probe_roots, provision_board
 from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, EXIT_USAGE, FlashError
 from tools.flash.ports import port_by_usb_serial
-from tools.flash.romfs import build_rom_image, deploy_romfs
+from tools.flash.romfs import build_rom_image, deploy_romfs, rom_fits
 from tools.flash.transport import RawRepl
 from tools.flash.verify import confirm_and_selftest, watch_boot
 
@@ -61,7 +61,7 @@ class Job:
     usb_serial: str | None = None
     baudrate: int = 115200
     tree: Path = FIRMWARE  # the firmware tree to deploy (boot files, lib/, apps/, boards/)
-    layout: str = "files"  # "files": the A/B slots on the filesystem; "romfs": the ROM partition
+    layout: str = "files"  # "files": the A/B slots; "romfs": the ROM partition; "auto": romfs where the image fits
 
 
 def _provision_decision(job: Job, node_on_board: dict[str, Any] | None) -> tuple[bool, str]:
@@ -148,20 +148,29 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
             say("compile", 0.05)
             wire0 = repl.tx_bytes + repl.rx_bytes
             dep: DeployResult
-            if job.layout == "romfs":
+            rom = None
+            if job.layout in ("romfs", "auto"):
                 if not job.source:
                     mpy.compiler_for(info.mpy, port=job.port, micropython=info.micropython)
                 rom = build_rom_image(job.role, info.mpy, board=job.board, firmware=job.tree, source=job.source,
                                       micropython=info.micropython, port=job.port)
+            layout = job.layout
+            if layout == "auto":
+                assert rom is not None
+                layout = "romfs" if rom_fits(board, rom.size) else "files"
+                rec["layout"] = layout
+                say(f"layout {layout}", 0.05)
+            if layout == "romfs":
+                assert rom is not None
                 dep = deploy_romfs(board, info, rom, reset_raw=repl.soft_reset_raw, max_tries=job.max_tries,
                                    progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
-                rec["app"] = {"version": rom.version, "layout": job.layout, "image_sha256": rom.sha256,
+                rec["app"] = {"version": rom.version, "layout": layout, "image_sha256": rom.sha256,
                               **dep.as_dict()}
             else:
                 image = build_image(job.role, info, board=job.board, source=job.source, firmware=job.tree)
                 dep = deploy(board, info, image, max_tries=job.max_tries,
                              progress=lambda step, frac: say(step, 0.05 + 0.6 * frac))
-                rec["app"] = {"version": image.version, "layout": job.layout, **dep.as_dict()}
+                rec["app"] = {"version": image.version, "layout": layout, **dep.as_dict()}
             rec["hashes"] = dep.hashes
             do_prov, why = _provision_decision(job, info.node)
             if do_prov:
