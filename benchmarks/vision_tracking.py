@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.vision.config import DEFAULT_LABELS, DEFAULT_MODEL
 from gateway.vision.detector import BACKENDS, Detector
+from gateway.vision.metrics import iou
 from gateway.vision.pipeline import FrameAnalyzer
 from gateway.vision.scenes import WIDTH, SceneVideo, VideoSpec
 from gateway.vision.tracker import Track
@@ -54,21 +55,10 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def iou(a: Box, b: Box) -> float:
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def match(tracks: list[Track], truth: list[tuple[int, Box]]) -> dict[int, int]:
     """Truth object id -> track id, greedy on IoU (best pairs first)."""
-    pairs = sorted(
-        ((iou(t.box, box), t.track_id, oid) for t in tracks for oid, box in truth if iou(t.box, box) >= MATCH_IOU),
-        reverse=True,
-    )
+    scored = ((iou(t.box, box), t.track_id, oid) for t in tracks for oid, box in truth)
+    pairs = sorted((p for p in scored if p[0] >= MATCH_IOU), reverse=True)
     used_t: set[int] = set()
     out: dict[int, int] = {}
     for _, tid, oid in pairs:
