@@ -24,7 +24,7 @@ from tools.flash.board import Board
 from tools.flash.deploy import DeployResult, build_image, deploy, probe_roots, provision_board
 from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, EXIT_USAGE, FlashError
 from tools.flash.ports import port_by_usb_serial
-from tools.flash.romfs import build_rom_image, deploy_romfs, rom_fits
+from tools.flash.romfs import build_rom_image, deploy_romfs, rom_size
 from tools.flash.transport import RawRepl
 from tools.flash.verify import confirm_and_selftest, watch_boot
 
@@ -148,16 +148,16 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
             say("compile", 0.05)
             wire0 = repl.tx_bytes + repl.rx_bytes
             dep: DeployResult
+            layout = job.layout
+            space = rom_size(board) if layout == "auto" else 0  # auto: no ROM partition, no image to build
             rom = None
-            if job.layout in ("romfs", "auto"):
+            if layout == "romfs" or space:
                 if not job.source:
                     mpy.compiler_for(info.mpy, port=job.port, micropython=info.micropython)
                 rom = build_rom_image(job.role, info.mpy, board=job.board, firmware=job.tree, source=job.source,
                                       micropython=info.micropython, port=job.port)
-            layout = job.layout
             if layout == "auto":
-                assert rom is not None
-                layout = "romfs" if rom_fits(board, rom.size) else "files"
+                layout = "romfs" if rom is not None and rom.size <= space else "files"
                 rec["layout"] = layout
                 say(f"layout {layout}", 0.05)
             if layout == "romfs":

@@ -154,10 +154,10 @@ def rom_probe(board: Board, nbytes: int) -> tuple[int, int, str] | None:
     return size, block if 0 < block <= size else size, str(got[2])
 
 
-def rom_fits(board: Board, nbytes: int) -> bool:
-    """Whether the board's MicroPython has a ROM partition of at least ``nbytes`` (``deploy --layout auto``)."""
+def rom_size(board: Board) -> int:
+    """Bytes of the board's ROM partition, 0 when its MicroPython has none (``deploy --layout auto``)."""
     rom = rom_probe(board, 0)
-    return rom is not None and rom[0] >= nbytes
+    return rom[0] if rom is not None else 0
 
 
 _STATUS = """\
