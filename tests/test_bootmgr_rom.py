@@ -15,6 +15,7 @@ import pytest
 from cityedge.firmware_files import ROM_DIR, ROM_SLOT, romfs_image, slot_dir
 from cityedge.paths import FIRMWARE
 from hil_tests.emulator.runner import MicroPythonSession
+from tests.main_vm import NODE_FILES, boot_code
 
 BOOTMGR = FIRMWARE / "lib" / "node" / "bootmgr.py"
 GOOD_APP = "import asyncio\nasync def main():\n    print('APP', __file__)\n    await asyncio.sleep(0.05)\n"
@@ -22,7 +23,8 @@ BAD_APP = "raise RuntimeError('broken rom build')\n"
 
 
 def _app_files(app: str) -> dict[str, bytes]:
-    return {"lib/streetlight/__init__.py": app.encode()}
+    """A test app's slot: the app, and the node library main.py confirms a boot with (as every real app has)."""
+    return {"lib/streetlight/__init__.py": app.encode(), **NODE_FILES}
 
 
 def _manifest(files: dict[str, bytes], version: str) -> str:
@@ -123,16 +125,8 @@ def test_missing_state_is_repaired_to_the_rom_app(bm: ModuleType, tmp_path: Path
 
 # --- the VM: MicroPython mounts a real ROMFS image at /rom, bootmgr boots it ----------------------------------
 
-BOOT = """
-import sys
-for m in list(sys.modules):
-    if m in ('bootmgr', 'streetlight'):
-        del sys.modules[m]
-sys.path[:] = ['', '.frozen', '/rom', '/rom/lib', '/lib']
-import bootmgr
-bootmgr._state = None
-await bootmgr.start(confirm_s=0)
-"""
+# main.py boots the board, confirmation at once
+BOOT = boot_code(0, ["", ".frozen", "/rom", "/rom/lib", "/lib"])
 
 
 def _vm(tmp_path: Path, app: str) -> MicroPythonSession:
@@ -149,7 +143,8 @@ def _files_slot(mp: MicroPythonSession, app: str) -> None:
     files = _app_files(app)
     code = [
         "import os",
-        "for d in ('/app_a','/app_a/lib','/app_a/lib/streetlight'):\n try:os.mkdir(d)\n except OSError:pass",
+        "for d in ('/app_a','/app_a/lib','/app_a/lib/streetlight','/app_a/lib/node'):\n"
+        " try:os.mkdir(d)\n except OSError:pass",
     ]
     code += [f"open('/app_a/{rel}','wb').write({data!r})" for rel, data in files.items()]
     code.append(f"open('/app_a/app.json','w').write({_manifest(files, 'v-a')!r})")

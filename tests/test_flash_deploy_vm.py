@@ -15,6 +15,7 @@ import pytest
 
 from cityedge.firmware_files import app_files, fixed_files
 from hil_tests.emulator.runner import MicroPythonSession
+from tests.main_vm import NODE_FILES, boot_code
 from tools.flash.board import Board
 from tools.flash.deploy import Image, build_image, deploy, provision_board
 from tools.flash.transport import BoardException
@@ -132,26 +133,20 @@ def test_source_mode_and_images_cover_the_layout(board: Board) -> None:
 
 # --- boot manager on the VM: several boots of one VM (files persist; modules are forgotten per boot) ----
 
-BOOT = """
-import sys
-for m in list(sys.modules):
-    if m in ('bootmgr', 'streetlight'):
-        del sys.modules[m]
-sys.path[:] = ['', '.frozen', '/lib']
-import bootmgr
-bootmgr._state = None
-await bootmgr.start(confirm_s=0)
-"""
+# one boot through the board's main.py, confirmed at once
+BOOT = boot_code(0, ["", ".frozen", "/lib"])
 
 GOOD_APP = "import asyncio\nasync def main():\n    print('APP', __file__)\n    await asyncio.sleep(0.05)\n"
 BAD_APP = "raise RuntimeError('broken build')\n"
 
 
 def _slot(board: Board, slot: str, app: str) -> None:
-    src = app.encode()
-    meta = {"role": "streetlight", "version": f"v-{slot}", "files": {"lib/streetlight/__init__.py": [len(src), "x"]}}
-    board.run(f"_W('/app_{slot}/lib/streetlight/__init__.py',{__import__('base64').b64encode(src)!r},0)\n"
-              f"_J('/app_{slot}/app.json',{json.dumps(meta)!r})", what="t")
+    """A test app in slot ``slot``, with the node library main.py confirms a boot with (as every real app)."""
+    files = {"lib/streetlight/__init__.py": app.encode(), **NODE_FILES}
+    meta = {"role": "streetlight", "version": f"v-{slot}", "files": {rel: [len(d), "x"] for rel, d in files.items()}}
+    b64 = __import__("base64").b64encode
+    board.run("\n".join(f"_W('/app_{slot}/{rel}',{b64(data)!r},0)" for rel, data in files.items())
+              + f"\n_J('/app_{slot}/app.json',{json.dumps(meta)!r})", what="t")
 
 
 def _boot(session: MicroPythonSession) -> tuple[str, int]:

@@ -26,7 +26,7 @@ Entering the raw REPL (Ctrl-C) interrupts the app without counting as a failed b
 On the board, main.py calls :func:`boot` and then drops this module while the app runs (its code would take
 heap for nothing): the confirmation is main.py writing the state :func:`boot` prepared, an app's own
 confirmation (``node.supervisor.boot_confirmed``) edits ``/boot.json`` itself, and only a failing app imports
-this module again (:func:`failed`). :func:`start` is the same boot as one coroutine, for tests and the REPL.
+this module again (:func:`failed`). Tests boot through main.py too (tests/main_vm.py).
 """
 
 import json
@@ -289,30 +289,3 @@ def boot():
         confirm()
         return None, None
     return coro, _confirmed(dict(st))
-
-
-async def _confirm_later(delay_s):
-    import asyncio
-
-    await asyncio.sleep(delay_s)
-    confirm()
-    log("app confirmed")
-
-
-async def start(confirm_s=CONFIRM_S):
-    """The whole boot in one coroutine (tests, the REPL): :func:`boot`, then the app, confirmed after
-    ``confirm_s`` seconds. The board's main.py does the same in its own code, so that this module can leave
-    the heap while the app runs."""
-    coro, confirmed = boot()
-    if coro is None:
-        return
-    if confirmed is None:  # safe mode
-        await coro
-        return
-    import asyncio
-
-    asyncio.create_task(_confirm_later(confirm_s))
-    try:
-        await coro
-    except Exception as e:  # Ctrl-C (KeyboardInterrupt) is none: the REPL wants the board
-        failed(e)
