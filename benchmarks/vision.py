@@ -96,15 +96,6 @@ def invokes(det: Detector, tensor: np.ndarray, seconds: float) -> tuple[int, flo
     return n, time.perf_counter() - t0
 
 
-def detector_fps(det: Detector, frame: np.ndarray, seconds: float, warm: int = 20) -> float:
-    """Detector calls/s on ``frame``'s prepared tensor, after ``warm`` calls."""
-    tensor = det.prepare(frame)
-    for _ in range(warm):
-        det.infer(tensor)
-    n, elapsed = invokes(det, tensor, seconds)
-    return n / elapsed
-
-
 def busy_frames(n: int, size: tuple[int, int] = (640, 480)) -> list[np.ndarray]:
     """A street where every frame differs from the last (dense traffic, noise): the gate is always open.
     ``size``: the frame size; the scene generator draws the same street and traffic at any size."""
@@ -164,6 +155,8 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
         CameraConfig("bench", "memory"), analyzer, lambda c, e: None, source_factory=lambda: source, lossless=True
     )
     tensor = det.prepare(frames[0])
+    for _ in range(20):  # the first calls of an interpreter are slow (XNNPACK sets itself up)
+        det.infer(tensor)
     worker.start()
     time.sleep(0.5)
     det_n = det_t = pipe_n = pipe_t = 0.0
