@@ -141,11 +141,8 @@ def _vm(tmp_path: Path, app: str) -> MicroPythonSession:
 
 def _files_slot(mp: MicroPythonSession, app: str) -> None:
     files = _app_files(app)
-    code = [
-        "import os",
-        "for d in ('/app_a','/app_a/lib','/app_a/lib/streetlight','/app_a/lib/node'):\n"
-        " try:os.mkdir(d)\n except OSError:pass",
-    ]
+    dirs = sorted({"/app_a/" + "/".join(rel.split("/")[:i]) for rel in files for i in range(1, rel.count("/") + 1)})
+    code = ["import os", f"for d in {['/app_a', *dirs]!r}:\n try:os.mkdir(d)\n except OSError:pass"]
     code += [f"open('/app_a/{rel}','wb').write({data!r})" for rel, data in files.items()]
     code.append(f"open('/app_a/app.json','w').write({_manifest(files, 'v-a')!r})")
     mp.run("\n".join(code)).check()
