@@ -103,6 +103,7 @@ def test_privacy_blur_on_a_320x240_frame(substream: tuple) -> None:
             break
     assert frame is not None, "the street should show a person"
     img = cv2.imdecode(np.frombuffer(encode_private_jpeg(frame, det.detect(frame)), np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None, "the snapshot should be a JPEG OpenCV can decode"
     assert img.shape == (240, 320, 3)
     for d in people:  # boxes in the frame's own pixels: the person's pixels are no longer the original ones
         x0, y0, x1, y1 = (int(v) for v in d.box)
