@@ -105,8 +105,11 @@ def emulated(b: object) -> bool:
 
 
 def job(work: Path, b: EmulatedBoard, firmware: Path, **kw: object) -> Job:
+    """A deploy of ``firmware`` to ``b``, into the A/B slots of the filesystem (these tests are about the slots:
+    rollback, unchanged files, power cuts; the ROM partition has its own in test_romfs.py)."""
     j = Job(port=b.repl_port, role=ROLE, manifest=work / "nodes.json", ledger=work / "ledger.jsonl",
-            node_id=1001, site="bay-3", lat=53.55, lon=9.99, settle=0.3, boot_timeout=15, tree=firmware)
+            node_id=1001, site="bay-3", lat=53.55, lon=9.99, settle=0.3, boot_timeout=15, tree=firmware,
+            layout="files")
     for k, v in kw.items():
         setattr(j, k, v)
     return j

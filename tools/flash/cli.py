@@ -69,10 +69,10 @@ def register(subparsers: Any) -> None:
     d.add_argument("--no-verify", action="store_true", help="do not reboot and verify")
     d.add_argument("--no-selftest", action="store_true", help="skip the role's self-test")
     d.add_argument("--boot-timeout", type=float, default=20.0, help="seconds to wait for the node to come up")
-    d.add_argument("--layout", choices=(*LAYOUTS, "auto"), default="files",
-                   help="files: the A/B slots on the filesystem (default); romfs: the board's ROM partition, "
-                   "whose .mpy run in place (far less RAM; needs a ROMFS-enabled MicroPython); auto: romfs "
-                   "where the board has a ROM partition the app fits in, else files")
+    d.add_argument("--layout", choices=(*LAYOUTS, "auto"), default="auto",
+                   help="auto (default): romfs where the board has a ROM partition the app fits in, else files; "
+                   "files: the A/B slots on the filesystem; romfs: the board's ROM partition, whose .mpy run "
+                   "in place (far less RAM; needs a ROMFS-enabled MicroPython)")
     d.add_argument("--source", action="store_true", help="deploy .py sources instead of compiled .mpy")
     d.add_argument("--tree", type=Path, default=FIRMWARE, help="firmware tree to deploy (default: the project's)")
     d.add_argument("--board", default=DEFAULT_BOARD, help="pin map (firmware/boards/<board>.py)")

@@ -61,7 +61,9 @@ class Job:
     usb_serial: str | None = None
     baudrate: int = 115200
     tree: Path = FIRMWARE  # the firmware tree to deploy (boot files, lib/, apps/, boards/)
-    layout: str = "files"  # "files": the A/B slots; "romfs": the ROM partition; "auto": romfs where the image fits
+    # "auto": romfs where the board has a ROM partition the image fits in, else files; "files": the A/B slots;
+    # "romfs": the ROM partition
+    layout: str = "auto"
 
 
 def _provision_decision(job: Job, node_on_board: dict[str, Any] | None) -> tuple[bool, str]:
