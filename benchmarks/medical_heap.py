@@ -5,9 +5,10 @@ The app's own objects (``medical.app.MedicalNode`` with its PPG processor, alarm
 real ``node.link.Link`` + flash ``node.outbox.Outbox``) run on the MicroPython VM on a virtual clock through a
 stretch with alarms: SpO2 low (escalating), desaturation (latched, then acknowledged), probe off, pulse rate
 high with an audio pause, and a 2-minute gateway outage with a vitals backlog. The sensor is a stand-in that
-serves the emulated probe's PPG (hil_tests/emulator/js/devices/ppg.mjs) from a preloaded buffer, the gateway
-is a Receiver in the same VM acknowledging over an in-memory port; both are the harness: the heap they hold is
-measured before the app is imported and what the gateway allocates while running is subtracted. The app runs
+serves the emulated probe's PPG (hil_tests/emulator/js/devices/ppg.mjs) from a preloaded buffer, measured with
+the rest of the harness before the app is imported. The gateway is ``HostGateway`` on the host
+(benchmarks/vm_node_harness.py: one cumulative ACK per simulated second's frames, as the gateway's ingest
+acknowledges a batch), behind an in-memory port whose bytes are not the node's. The app runs
 in either node layout (``romfs`` for the headline keys, ``files`` for ``medical_files_*``; see
 benchmarks/vm_node_harness.py).
 

@@ -88,9 +88,11 @@ class HostGateway:
         return self.frame(T_CMD, payloads.cmd(cmd_id, op, args))
 
     def feed(self, out_line: str) -> bytes:
-        """The VM's ``gw_out()`` line in, the gateway's answer (ACK frames) out."""
+        """The VM's ``gw_out()`` line in, the gateway's answer out: one cumulative ACK for all the frames of
+        the line (new or retransmitted), as the gateway's ingest acknowledges a node once per batch it
+        stored (gateway/ingest.py), not once per frame."""
         hexdata = out_line.rsplit("GW ", 1)[-1].strip()
-        answer = b""
+        heard = False
         for raw in self._dec.feed(b"" if hexdata == "-" else bytes.fromhex(hexdata)):
             try:
                 self.rx.commit(self.rx.verify(raw))
@@ -98,8 +100,8 @@ class HostGateway:
             except WireError as e:
                 if e.code != E_REPLAY:
                     continue
-            answer += self.frame(T_ACK, payloads.ack(self.rx.acks(self.node_id)))
-        return answer
+            heard = True
+        return self.frame(T_ACK, payloads.ack(self.rx.acks(self.node_id))) if heard else b""
 
 
 def mpy_kb(sources: list[Path]) -> float:
