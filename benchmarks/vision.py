@@ -24,7 +24,8 @@ Figures (per runtime):
                  run) plays forwards and backwards, so objects never jump (see PausableSource)
   pipeline_ratio pipeline_fps / detector_fps (target >= 0.9). The two rates are measured interleaved: 8
                  (quick) or 30 alternations of 0.15 s of the detector alone (the worker paused and drained)
-                 and 0.3 s of the pipeline, each rate summed over its segments. Shared and frequency-scaled
+                 and 0.3 s of the pipeline (both longer, and the pairs fewer, for a runtime that makes
+                 fewer than 12 calls in 0.15 s), each rate summed over its segments. Shared and frequency-scaled
                  machines change speed within seconds (here the detector alone went from 440 to 680
                  invokes/s inside one second), so two rates taken at different times can disagree by 30 %;
                  taken in alternation they see the same conditions. pipeline_ratio_segments: min, median and
@@ -74,17 +75,21 @@ DEFINITIONS = {
     "decode, duplicate suppression, tracker, line analytics, thread hand-offs (camera worker, 3 threads, "
     "lossless, in order)",
     "pipeline_ratio": "pipeline_fps / detector_fps (target >= 0.9), the two measured interleaved: alternating "
-    "0.15 s detector-only and 0.3 s pipeline segments, so that both see the same CPU speed",
+    "0.15 s detector-only and 0.3 s pipeline segments (longer for a runtime too slow to make 12 calls in "
+    "0.15 s), so that both see the same CPU speed",
     "pipeline_fps_640x480": "as pipeline_fps, on the same busy street drawn at 640x480 (main stream)",
     "pipeline_ratio_640x480": "pipeline_fps_640x480 / its own interleaved detector-only rate",
     "detector_fps_note": "detector_fps is the mean of the detector-only segments of the two pipeline runs",
     "quiet_cpu_pct": "% of one core, MJPG 640x480 file at 15 frames/s of an empty street, decode included",
 }
 LINE = CountLine("mid", (320, 480), (320, 0), directions=("ltr", "rtl"))
-# the alternation of pipeline_vs_detector(): detector alone, then the pipeline after a refill
+# the alternation of pipeline_vs_detector(): detector alone, then the pipeline after a refill; a slow runtime
+# gets longer segments, so that each holds at least SEGMENT_MIN_CALLS detector calls (tflite-runtime's 40 ms
+# invoke made 0.15 s segments of 3-4 calls, whose rates were whole calls apart)
 SEGMENT_DETECTOR_S = 0.15
 SEGMENT_REFILL_S = 0.05
 SEGMENT_PIPELINE_S = 0.3
+SEGMENT_MIN_CALLS = 12
 
 
 def invokes(det: Detector, tensor: np.ndarray, seconds: float) -> tuple[int, float]:
@@ -151,9 +156,11 @@ def _drain(worker: CameraWorker, quiet_s: float = 0.03, limit_s: float = 1.0) ->
 def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], pairs: int) -> Interleaved:
     """Frames/s through a lossless camera worker and the detector-only rate, in ``pairs`` alternations of a
     detector-only segment (``SEGMENT_DETECTOR_S``, the worker paused and drained) and a pipeline segment
-    (``SEGMENT_PIPELINE_S``, after a short refill). Both rates are then taken under the same CPU conditions:
-    a shared or frequency-scaled machine changes speed within seconds (the detector alone went from 440 to
-    680 invokes/s within one second here), which made rates measured minutes apart disagree by 30 %.
+    (``SEGMENT_PIPELINE_S``, after a short refill), all three stretched for a detector slower than
+    ``SEGMENT_MIN_CALLS`` calls a segment (and the pairs fewer, at least 4, so the run takes as long). Both
+    rates are then taken under the same CPU conditions: a shared or frequency-scaled machine changes speed
+    within seconds (the detector alone went from 440 to 680 invokes/s within one second here), which made
+    rates measured minutes apart disagree by 30 %.
     The line is in 640x480 pixels whatever the frames' size (as a camera's ``zone_frame``)."""
     pdet = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=backend)
     analyzer = FrameAnalyzer(pdet, Analytics([], [LINE]), always_detect=False, geometry=(640, 480))
@@ -164,6 +171,10 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
     tensor = det.prepare(frames[0])
     for _ in range(20):  # the first calls of an interpreter are slow (XNNPACK sets itself up)
         det.infer(tensor)
+    n, elapsed = invokes(det, tensor, 0.1)
+    stretch = max(1.0, SEGMENT_MIN_CALLS * elapsed / n / SEGMENT_DETECTOR_S)
+    seg_det, seg_refill, seg_pipe = (x * stretch for x in (SEGMENT_DETECTOR_S, SEGMENT_REFILL_S, SEGMENT_PIPELINE_S))
+    pairs = max(4, round(pairs / stretch))  # longer segments, fewer of them: the same time in all
     worker.start()
     time.sleep(0.5)
     det_n = det_t = pipe_n = pipe_t = 0.0
@@ -173,12 +184,12 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
         source.running.clear()
         _drain(worker)
         det.infer(tensor)  # its caches warm again after the pipeline's turn
-        n, elapsed = invokes(det, tensor, SEGMENT_DETECTOR_S)
+        n, elapsed = invokes(det, tensor, seg_det)
         d_rate = n / elapsed
         source.running.set()
-        time.sleep(SEGMENT_REFILL_S)
+        time.sleep(seg_refill)
         a0, d0, t0 = worker.frames_analyzed, analyzer.detections_run, time.perf_counter()
-        time.sleep(SEGMENT_PIPELINE_S)
+        time.sleep(seg_pipe)
         a1, d1, t1 = worker.frames_analyzed, analyzer.detections_run, time.perf_counter()
         p_rate = (a1 - a0) / (t1 - t0)
         ratios.append(round(p_rate / d_rate, 3))
