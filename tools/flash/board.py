@@ -115,6 +115,12 @@ def _P():
   except Exception:r[k]=None
  try:s=os.statvfs('/');r['free']=s[0]*s[3]
  except Exception:r['free']=None
+ r['rom']=0
+ try:
+  import vfs
+  if vfs.rom_ioctl(1)>0:
+   m=vfs.rom_ioctl(2,0);r['rom']=0 if isinstance(m,int) else len(m)
+ except Exception:pass
  return r
 """
 
@@ -140,6 +146,7 @@ class BoardInfo:
     node: dict[str, Any] | None
     free: int | None
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
+    rom: int = 0  # bytes of the ROM partition (a ROMFS-enabled MicroPython), 0 without one
 
     def as_dict(self) -> dict[str, Any]:
         return {"port": self.port, "micropython": self.micropython, "mpy": self.mpy, "machine": self.machine,
@@ -193,7 +200,7 @@ class Board:
         return BoardInfo(
             port=self.port, impl=got["impl"], micropython=got["ver"], mpy=got["mpy"], machine=got["machine"],
             sysname=got["sysname"], uid=got["uid"], deflate=bool(got["z"]), state=got["state"], node=got["node"],
-            free=got["free"], files={p: (v[0], v[1]) for p, v in got["files"].items()},
+            free=got["free"], files={p: (v[0], v[1]) for p, v in got["files"].items()}, rom=int(got.get("rom") or 0),
         )
 
     def digest(self, roots: Iterable[str]) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from tools.flash.board import Board
 from tools.flash.deploy import DeployResult, build_image, deploy, probe_roots, provision_board
 from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, EXIT_USAGE, FlashError
 from tools.flash.ports import port_by_usb_serial
-from tools.flash.romfs import build_rom_image, deploy_romfs, rom_size
+from tools.flash.romfs import build_rom_image, deploy_romfs
 from tools.flash.transport import RawRepl
 from tools.flash.verify import confirm_and_selftest, watch_boot
 
@@ -151,7 +151,7 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
             wire0 = repl.tx_bytes + repl.rx_bytes
             dep: DeployResult
             layout = job.layout
-            space = rom_size(board) if layout == "auto" else 0  # auto: no ROM partition, no image to build
+            space = info.rom if layout == "auto" else 0  # auto: no ROM partition, no image to build
             rom = None
             if layout == "romfs" or space:
                 if not job.source:

@@ -154,12 +154,6 @@ def rom_probe(board: Board, nbytes: int) -> tuple[int, int, str] | None:
     return size, block if 0 < block <= size else size, str(got[2])
 
 
-def rom_size(board: Board) -> int:
-    """Bytes of the board's ROM partition, 0 when its MicroPython has none (``deploy --layout auto``)."""
-    rom = rom_probe(board, 0)
-    return rom[0] if rom is not None else 0
-
-
 _STATUS = """\
 import vfs
 _r=None
