@@ -182,6 +182,23 @@ def test_layout_auto_takes_the_rom_partition_where_the_app_fits_and_the_files_sl
         b.close()
 
 
+def test_a_deploy_without_layout_takes_the_rom_partition(
+    tmp_path: Path, board_factory: Callable[..., EmulatedBoard]
+) -> None:
+    # the technician's default (--layout auto): the production layout wherever the board has a ROM partition
+    b = board_factory(name="default", rom_kb=256)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    cli = subprocess.run(
+        [*CITYEDGE, "flash", "deploy", "--role", ROLE, "--node-id", "4400", "--lat", "53", "--lon", "9",
+         "--no-verify", "--json", b.repl_port],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
+    )
+    assert cli.returncode == 0, cli
+    r = json.loads(cli.stdout)  # one board: its result object, and nothing else on stdout
+    assert r["layout"] == "romfs" and r["app"]["slot"] == "rom", r
+    assert b.rom_image  # the image went into the partition
+
+
 def test_image_larger_than_the_partition_is_refused(
     tmp_path: Path, board_factory: Callable[..., EmulatedBoard]
 ) -> None:

@@ -243,6 +243,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             if args.json:
                 return int(r["exit_code"])
             raise CityedgeError(r["error"], hint=r.get("hint"), exit_code=int(r["exit_code"]))
+        if args.json:  # stdout is the JSON alone, for scripts
+            return 0
         app = r.get("app") or {}
         what = "unchanged" if app.get("unchanged") else f"{app.get('sent')} files sent, {app.get('copied')} copied"
         print(f"{r['port']}: ok: {r['role']} {app.get('version')} in slot {app.get('slot')} ({what}); "
