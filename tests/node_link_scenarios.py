@@ -245,6 +245,38 @@ def scenario_commands_time(root):
     }
 
 
+def scenario_reentrant(root):
+    """A command handler that sends an event at once (``event()`` then ``poll()`` from inside the link's own
+    poll, as the streetlight app does), with more gateway frames behind the command in the same burst."""
+    fresh(root)
+    calls = []
+    times = []
+    box = []
+
+    def on_cmd(cmd_id, op, args):
+        calls.append(cmd_id)
+        box[0].event(12, p.EV_RAISED)
+        box[0].poll()  # nested in the poll that is handing over this command
+        return p.CS_OK
+
+    link, gw, clock, _ = make(root, on_cmd=on_cmd, on_time=lambda s, ms, tz: times.append(s))
+    box.append(link)
+    link.hello("streetlight", "1.0", 1, p.RESET_POWER_ON)
+    run(link, gw, clock, 100)
+    for i in range(3):  # back to back: the node reads them 64 bytes at a time, frames cut across reads
+        gw.send(w.T_CMD, p.cmd(21 + i, "boost", {"level": 1000 - i}))
+        gw.send(w.T_TIME, p.time_sync(1763700000 + i))
+    run(link, gw, clock, 2000)
+    return {
+        "calls": calls,
+        "times": times,
+        "rx_bad": link.stats["rx_bad"],
+        "stream_errors": link._dec.errors,
+        "events": len([g for g in gw.got if g[0] == w.T_EVENT]),
+        "acks": [p.parse_cmd_ack(g[3])[0] for g in gw.got if g[0] == w.T_CMD_ACK],
+    }
+
+
 def scenario_cmd_across_reboot(root):
     """A command runs, its CMD_ACK is not through yet, the node reboots, the gateway retransmits: runs once."""
     fresh(root)

@@ -20,8 +20,8 @@ import pytest
 from hil_tests.emulator.runner import FIRMWARE_LIB, MicroPythonSession
 
 SCENARIOS = Path(__file__).with_name("node_link_scenarios.py")
-NAMES = ["alarm_overtakes", "lossy", "commands_time", "cmd_across_reboot", "key_rotation", "reboot", "bounds",
-         "power_cuts"]
+NAMES = ["alarm_overtakes", "lossy", "commands_time", "reentrant", "cmd_across_reboot", "key_rotation", "reboot",
+         "bounds", "power_cuts"]
 
 
 def _jsonish(obj: Any) -> Any:
@@ -103,6 +103,16 @@ def test_commands_time_and_gateway_supervision(results: dict[str, Any]) -> None:
     assert r["rx_persisted"] >= 5  # commands persist the gateway's seq at once
     assert r["link_states_lost"] == [False] and r["link_states"] == [False, True]
     assert r["hello"]["role"] == "streetlight" and r["hello"]["reset"] == 3
+
+
+def test_an_event_sent_from_a_command_handler_loses_no_frame_behind_the_command(results: dict[str, Any]) -> None:
+    # the handler's poll runs inside the poll that handed over the command: it must not read the UART into
+    # the buffer the outer poll is still decoding
+    r = results["reentrant"]
+    assert r["calls"] == [21, 22, 23]
+    assert r["times"] == [1763700000, 1763700001, 1763700002]
+    assert r["rx_bad"] == 0 and r["stream_errors"] == 0
+    assert r["events"] == 3 and sorted(r["acks"]) == [21, 22, 23]
 
 
 def test_command_runs_once_across_a_reboot(results: dict[str, Any]) -> None:

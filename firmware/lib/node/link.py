@@ -162,6 +162,7 @@ class Link:
         self._running = False
         self._synced = False  # a 0x00 goes out before the first frame: boot noise cannot glue onto it
         self._dirty = True  # something may be sendable without waiting for a timeout
+        self._reading = False  # poll() is reading the UART (a nested poll from a callback only sends)
         self.stats = {"sent": 0, "retx": 0, "acked": 0, "rx": 0, "rx_bad": 0, "cmds": 0, "cmd_dups": 0, "errors": 0}
 
     @staticmethod
@@ -408,13 +409,20 @@ class Link:
     def poll(self) -> int:
         """Read what the UART has, handle gateway frames, send what is due; return frames written.
 
-        ``run()`` calls this every ``poll_ms``; a test or a bare loop may call it directly.
+        ``run()`` calls this every ``poll_ms``; a test or a bare loop may call it directly. Called again from a
+        callback of this poll (an app sending an event at once from ``on_cmd``), it only sends: reading would
+        overwrite the bytes the outer call is still decoding.
         """
-        for _ in range(_MAX_READS):  # bounded: a flooded line cannot starve the other tasks
-            got = self.uart.readinto(self._rbuf)
-            if not got:
-                break
-            self._dec.feed_into(self._rbuf, got, self._on_frame)
+        if not self._reading:
+            self._reading = True
+            try:
+                for _ in range(_MAX_READS):  # bounded: a flooded line cannot starve the other tasks
+                    got = self.uart.readinto(self._rbuf)
+                    if not got:
+                        break
+                    self._dec.feed_into(self._rbuf, got, self._on_frame)
+            finally:
+                self._reading = False
         now = self._ticks()
         if self.gateway_up and ticks_diff(now, self._last_rx) >= self.lost_ms:
             self.gateway_up = False
