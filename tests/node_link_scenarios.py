@@ -251,7 +251,7 @@ def scenario_reentrant(root):
     fresh(root)
     calls = []
     times = []
-    box = []
+    box = []  # type: list  # the link, for its own callback
 
     def on_cmd(cmd_id, op, args):
         calls.append(cmd_id)
