@@ -51,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
     """Frames/s through a lossless camera worker and the detector-only rate, in ``pairs`` alternations of a
     detector-only segment (``SEGMENT_DETECTOR_S``, the worker paused and drained) and a pipeline segment
     (``SEGMENT_PIPELINE_S``, after a short refill), all three stretched for a detector slower than
-    ``SEGMENT_MIN_CALLS`` calls a segment (and the pairs fewer, at least 4, so the run takes as long). Both
+    ``SEGMENT_MIN_CALLS`` calls a segment (and the pairs fewer, at least 3, so the run takes as long). Both
     rates are then taken under the same CPU conditions: a shared or frequency-scaled machine changes speed
     within seconds (the detector alone went from 440 to 680 invokes/s within one second here), which made
     rates measured minutes apart disagree by 30 %.
@@ -174,7 +175,7 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
     n, elapsed = invokes(det, tensor, 0.1)
     stretch = max(1.0, SEGMENT_MIN_CALLS * elapsed / n / SEGMENT_DETECTOR_S)
     seg_det, seg_refill, seg_pipe = (x * stretch for x in (SEGMENT_DETECTOR_S, SEGMENT_REFILL_S, SEGMENT_PIPELINE_S))
-    pairs = max(4, round(pairs / stretch))  # longer segments, fewer of them: the same time in all
+    pairs = max(3, round(pairs / stretch))  # longer segments, fewer of them: the same time in all
     worker.start()
     time.sleep(0.5)
     det_n = det_t = pipe_n = pipe_t = 0.0
@@ -232,16 +233,21 @@ def quiet_cpu(backend: str, seconds: float, tmp: Path) -> float:
     return 100.0 * cpu / (t1 - t0)
 
 
-def map50(det: Detector, n: int) -> float:
+def map50(backend: str, n: int) -> float:
+    """mAP@0.5 on ``n`` held-out synthetic images, detected one per core at a time (a detector per thread)."""
     rng = np.random.default_rng(90210)  # held out: training used seeds 7 and 1007
-    preds, truth = [], []
-    low = det.min_score
-    det.min_score = 0.05
-    for _ in range(n):
-        img, objs = render_image(rng)
-        preds.append([(CLASSES.index(d.label), d.score, d.box) for d in det.detect(img)])
-        truth.append([(o.cls, o.box) for o in objs])
-    det.min_score = low
+    scenes = [render_image(rng) for _ in range(n)]  # in order: the images depend on the generator's sequence
+    cores = os.cpu_count() or 1
+
+    def detect(part: int) -> list[tuple[int, list[tuple[int, float, tuple[float, float, float, float]]]]]:
+        det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=backend, min_score=0.05)
+        return [(i, [(CLASSES.index(d.label), d.score, d.box) for d in det.detect(scenes[i][0])])
+                for i in range(part, n, cores)]
+
+    with ThreadPoolExecutor(max_workers=cores) as pool:
+        found = dict(item for part in pool.map(detect, range(cores)) for item in part)
+    preds = [found[i] for i in range(n)]
+    truth = [[(o.cls, o.box) for o in objs] for _, objs in scenes]
     return average_precision(preds, truth, len(CLASSES))
 
 
@@ -255,26 +261,34 @@ def count_error(backend: str, videos: int, frames: int, seed0: int = HELDOUT_SEE
     """Line-count error in % (and the true count) over ``videos`` synthetic videos, seeds ``seed0``, ``seed0``+1, ...
 
     Seeds 7000-7029 are the held-out set; 5000-5011 the dev set the tracker was tuned on (vision_counts.py).
+    The videos are independent (each its own detector and analyzer, frames in order), so they are counted one
+    per core at a time: the same figures, sooner.
     """
-    err = total = 0
-    for k in range(videos):
-        spec = VideoSpec(seed=seed0 + k, frames=frames, fps=15, rate=0.9, night=(k % 3 == 2))
-        video = SceneVideo(spec)
-        det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=backend)
-        an = FrameAnalyzer(det, Analytics([], [LINE]))
-        last = None
-        for i, (frame, _) in enumerate(video):
-            an.analyze(frame, i / 15)
-            last = frame
-        assert last is not None
-        for j in range(1, 40):
-            an.analyze(last, (frames + j) / 15)
-        counted = an.analytics.totals["mid"]
-        for label, dirs in video.truth.crossings.items():
-            for d, n in dirs.items():
-                err += abs(counted.get(label, {}).get(d, 0) - n)
-                total += n
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        per_video = list(pool.map(lambda k: _count_video(backend, seed0 + k, frames, k % 3 == 2), range(videos)))
+    err = sum(e for e, _ in per_video)
+    total = sum(t for _, t in per_video)
     return 100.0 * err / max(total, 1), total
+
+
+def _count_video(backend: str, seed: int, frames: int, night: bool) -> tuple[int, int]:
+    """(miscounted crossings, true crossings) of one synthetic video."""
+    video = SceneVideo(VideoSpec(seed=seed, frames=frames, fps=15, rate=0.9, night=night))
+    an = FrameAnalyzer(Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=backend), Analytics([], [LINE]))
+    last = None
+    for i, (frame, _) in enumerate(video):
+        an.analyze(frame, i / 15)
+        last = frame
+    assert last is not None
+    for j in range(1, 40):
+        an.analyze(last, (frames + j) / 15)
+    counted = an.analytics.totals["mid"]
+    err = total = 0
+    for label, dirs in video.truth.crossings.items():
+        for d, n in dirs.items():
+            err += abs(counted.get(label, {}).get(d, 0) - n)
+            total += n
+    return err, total
 
 
 def run_elsewhere(python: Path, backend: str, quick: bool) -> dict[str, object]:
@@ -312,7 +326,7 @@ def measure(
     full_run = pipeline_vs_detector(backend, det, frames, pairs)
     dfps = (small_run.detector_fps + full_run.detector_fps) / 2
     quiet = quiet_cpu(backend, 3.0 if quick else 10.0, tmp)
-    m = map50(det, 80 if quick else 300)
+    m = map50(backend, 80 if quick else 300)
     cerr, ctotal = count_error(backend, 2 if quick else HELDOUT_VIDEOS, 300 if quick else 450)
     return {
         "installed": True,
