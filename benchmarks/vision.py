@@ -280,11 +280,17 @@ def _count_video(backend: str, seed: int, frames: int, night: bool) -> tuple[int
         an.analyze(frame, i / 15)
         last = frame
     assert last is not None
+    return end_and_score(an, last, frames, video.truth.crossings)
+
+
+def end_and_score(an: FrameAnalyzer, last: np.ndarray, frames: int, crossings: dict) -> tuple[int, int]:
+    """Hold ``last`` (the video's last of ``frames`` frames, at 15 frames/s) until every track has ended and
+    counted, then compare the line's totals with the true ``crossings``: (miscounted, true crossings)."""
     for j in range(1, 40):
         an.analyze(last, (frames + j) / 15)
     counted = an.analytics.totals["mid"]
     err = total = 0
-    for label, dirs in video.truth.crossings.items():
+    for label, dirs in crossings.items():
         for d, n in dirs.items():
             err += abs(counted.get(label, {}).get(d, 0) - n)
             total += n

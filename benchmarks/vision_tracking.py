@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.vision import end_and_score
 from gateway.vision.config import DEFAULT_LABELS, DEFAULT_MODEL
 from gateway.vision.detector import BACKENDS, Detector
 from gateway.vision.metrics import iou
@@ -93,14 +94,7 @@ def one_video(det: Detector, seed: int, frames: int, night: bool) -> dict[str, i
         for oid, tid in m.items():
             followed[oid].append(tid)
     assert last is not None
-    for j in range(1, 40):  # let the last tracks end (and count) on a still frame
-        an.analyze(last, (frames + j) / 15)
-    counted = an.analytics.totals["mid"]
-    err = total = 0
-    for label, dirs in video.truth.crossings.items():
-        for d, n in dirs.items():
-            err += abs(counted.get(label, {}).get(d, 0) - n)
-            total += n
+    err, total = end_and_score(an, last, frames, video.truth.crossings)
     return {
         "count_errors": err,
         "crossings": total,
