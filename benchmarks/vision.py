@@ -30,6 +30,12 @@ Figures (per runtime):
                  invokes/s inside one second), so two rates taken at different times can disagree by 30 %;
                  taken in alternation they see the same conditions. pipeline_ratio_segments: min, median and
                  max of the per-pair ratios (one short pair is noisy; the sums are the figure)
+  pipeline_cpu_us_per_frame  CPU time of each of the worker's threads (capture, infer, track) per analysed
+                 frame, over the pipeline segments (read from /proc/self/task; {} elsewhere)
+  pipeline_ratio_cpu_bound   the highest ratio the machine's cores allow at that CPU per frame:
+                 min(cores / all stages' CPU, 1 / busiest stage's CPU) / detector_fps. Where it is below 0.9,
+                 the target cannot be met on that machine without cutting CPU per frame (a fast detector
+                 next to a resize and a tracker in Python); far above the ratio, the rest was lost waiting
   pipeline_fps_640x480, pipeline_ratio_640x480
                  the same on the same busy street drawn at 640x480 (a camera's main stream taken whole:
                  the resize to 160x160 then costs ~4x more), against its own interleaved detector segments
@@ -80,6 +86,11 @@ DEFINITIONS = {
     "0.15 s), so that both see the same CPU speed",
     "pipeline_fps_640x480": "as pipeline_fps, on the same busy street drawn at 640x480 (main stream)",
     "pipeline_ratio_640x480": "pipeline_fps_640x480 / its own interleaved detector-only rate",
+    "pipeline_cpu_us_per_frame": "CPU time of each worker thread per analysed frame, over the pipeline "
+    "segments (Linux: /proc/self/task)",
+    "pipeline_ratio_cpu_bound": "the highest pipeline_ratio this machine's cores allow at that CPU per frame: "
+    "min(cores / all stages' CPU, 1 / the busiest stage's CPU) / detector_fps; below 0.9, the target cannot be "
+    "met here without cutting CPU per frame",
     "detector_fps_note": "detector_fps is the mean of the detector-only segments of the two pipeline runs",
     "quiet_cpu_pct": "% of one core, MJPG 640x480 file at 15 frames/s of an empty street, decode included",
 }
@@ -137,10 +148,40 @@ class Interleaved:
     detector_fps: float
     detect_share: float
     segment_ratios: list[float]
+    # CPU time of each of the worker's threads per analysed frame (µs), over the pipeline segments; empty
+    # where the OS does not tell a thread's CPU time (/proc/self/task)
+    stage_cpu_us: dict[str, float]
 
     @property
     def ratio(self) -> float:
         return self.pipeline_fps / self.detector_fps
+
+
+    @property
+    def cpu_bound(self) -> float | None:
+        """The highest ratio this machine's cores allow the pipeline at the CPU it spent per frame: the
+        frames/s of all stages on all cores (cores / CPU per frame) or of the busiest stage on its one core,
+        over the detector-only rate. A ratio far below it is lost to waiting (GIL, hand-offs, the host)."""
+        if not self.stage_cpu_us:
+            return None
+        per_frame = sum(self.stage_cpu_us.values()) / 1e6
+        busiest = max(self.stage_cpu_us.values()) / 1e6
+        return min((os.cpu_count() or 1) / per_frame, 1 / busiest) / self.detector_fps
+
+
+def thread_cpu_s(threads: list[threading.Thread]) -> dict[str, float]:
+    """CPU seconds each thread has used, by the last part of its name (``cam-x-capture`` -> ``capture``);
+    empty where /proc/self/task does not exist (not Linux)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for t in threads:
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return {}
+        out[t.name.rsplit("-", 1)[-1]] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
 
 
 def _drain(worker: CameraWorker, quiet_s: float = 0.03, limit_s: float = 1.0) -> None:
@@ -181,6 +222,7 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
     det_n = det_t = pipe_n = pipe_t = 0.0
     detected = 0
     ratios = []
+    cpu: dict[str, float] = {}
     for _ in range(pairs):
         source.running.clear()
         _drain(worker)
@@ -189,9 +231,13 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
         d_rate = n / elapsed
         source.running.set()
         time.sleep(seg_refill)
+        c0 = thread_cpu_s(worker.threads)
         a0, d0, t0 = worker.frames_analyzed, analyzer.detections_run, time.perf_counter()
         time.sleep(seg_pipe)
         a1, d1, t1 = worker.frames_analyzed, analyzer.detections_run, time.perf_counter()
+        c1 = thread_cpu_s(worker.threads)
+        for stage in c1.keys() & c0.keys():
+            cpu[stage] = cpu.get(stage, 0.0) + c1[stage] - c0[stage]
         p_rate = (a1 - a0) / (t1 - t0)
         ratios.append(round(p_rate / d_rate, 3))
         det_n += n
@@ -200,7 +246,8 @@ def pipeline_vs_detector(backend: str, det: Detector, frames: list[np.ndarray], 
         pipe_t += t1 - t0
         detected += d1 - d0
     worker.stop()
-    return Interleaved(pipe_n / pipe_t, det_n / det_t, detected / max(1.0, pipe_n), sorted(ratios))
+    per_frame = {stage: round(1e6 * seconds / max(1.0, pipe_n), 1) for stage, seconds in sorted(cpu.items())}
+    return Interleaved(pipe_n / pipe_t, det_n / det_t, detected / max(1.0, pipe_n), sorted(ratios), per_frame)
 
 
 def quiet_cpu(backend: str, seconds: float, tmp: Path) -> float:
@@ -320,6 +367,10 @@ def _spread(ratios: list[float]) -> dict[str, float]:
     return {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1], "pairs": len(ratios)}
 
 
+def _round(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None else round(x, digits)
+
+
 def measure(
     backend: str, frames: list[np.ndarray], small: list[np.ndarray], quick: bool, tmp: Path
 ) -> dict[str, object]:
@@ -341,11 +392,15 @@ def measure(
         "pipeline_ratio": round(small_run.ratio, 3),
         "pipeline_ratio_segments": _spread(small_run.segment_ratios),
         "pipeline_detect_share": round(small_run.detect_share, 3),
+        "pipeline_cpu_us_per_frame": small_run.stage_cpu_us,
+        "pipeline_ratio_cpu_bound": _round(small_run.cpu_bound),
         "load_avg_1min_at_pipeline": round(load_small, 2),
         "pipeline_fps_640x480": round(full_run.pipeline_fps, 1),
         "pipeline_ratio_640x480": round(full_run.ratio, 3),
         "pipeline_ratio_segments_640x480": _spread(full_run.segment_ratios),
         "pipeline_detect_share_640x480": round(full_run.detect_share, 3),
+        "pipeline_cpu_us_per_frame_640x480": full_run.stage_cpu_us,
+        "pipeline_ratio_cpu_bound_640x480": _round(full_run.cpu_bound),
         "load_avg_1min_at_pipeline_640x480": round(load_640, 2),
         "quiet_cpu_pct": round(quiet, 2),
         "map50": round(m, 4),

@@ -328,3 +328,26 @@ def test_lossless_worker_analyses_every_frame_in_order(street_video: tuple) -> N
         worker.stop()
     assert worker.frames_skipped == 0 and worker.frames_analyzed == len(feed)
     assert live.seen == reference.seen
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread CPU time is read from Linux /proc")
+def test_worker_threads_are_named_by_stage_and_their_cpu_time_is_readable(street_video: tuple) -> None:
+    """benchmarks/vision.py reports each stage's CPU per frame from the worker's threads: it finds them by
+    their names' last part, and the inference thread is the one that spent CPU on the detector."""
+    from benchmarks.vision import thread_cpu_s
+
+    frames, _ = street_video
+    feed = frames[60:100]
+    analyzer = FrameAnalyzer(Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0]), Analytics([], [LINE]))
+    worker = CameraWorker(_camera(), analyzer, lambda c, e: None, source_factory=lambda: ArraySource(feed),
+                          lossless=True)
+    worker.start()
+    try:
+        before = thread_cpu_s(worker.threads)
+        assert _wait(lambda: worker.frames_analyzed >= len(feed), timeout=60.0)
+        after = thread_cpu_s(worker.threads)
+    finally:
+        worker.stop()
+    assert sorted(before) == sorted(after) == ["capture", "infer", "track"]
+    assert after["infer"] > before["infer"]  # 40 detector calls: tens of ms of CPU at the very least
+    assert all(after[s] >= before[s] for s in after)

@@ -285,6 +285,11 @@ class CameraWorker:
         self._set_state("stopped")
 
     @property
+    def threads(self) -> list[threading.Thread]:
+        """The worker's threads (``cam-<name>-capture``, ``-infer``, ``-track``), e.g. to read their CPU time."""
+        return list(self._threads)
+
+    @property
     def streaming(self) -> bool:
         return self.state == "streaming"
 
