@@ -156,7 +156,6 @@ class Interleaved:
     def ratio(self) -> float:
         return self.pipeline_fps / self.detector_fps
 
-
     @property
     def cpu_bound(self) -> float | None:
         """The highest ratio this machine's cores allow the pipeline at the CPU it spent per frame: the
