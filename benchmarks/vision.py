@@ -172,7 +172,7 @@ def thread_cpu_s(threads: list[threading.Thread]) -> dict[str, float]:
     """CPU seconds each thread has used, by the last part of its name (``cam-x-capture`` -> ``capture``);
     empty where /proc/self/task does not exist (not Linux)."""
     out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    tick = os.sysconf("SC_CLK_TCK")
     for t in threads:
         try:
             with open(f"/proc/self/task/{t.native_id}/stat") as f:
