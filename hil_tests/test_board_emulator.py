@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -176,6 +177,39 @@ def test_power_cut_keeps_closed_files_and_loses_an_open_one(board_factory: Calla
     assert r.eval("__import__('machine').reset_cause()") == 1  # PWRON
     r.close()
     assert "POWERON_RESET" in b.serial_log
+
+
+def test_a_file_renamed_over_another_is_never_missing_on_the_host(board_factory: Callable[..., EmulatedBoard]) -> None:
+    # littlefs replaces a file with a rename in one step: the host copy of the flash must too, or a host
+    # reader (a test, the flashing tool's checks) can catch the moment between "remove" and "rename"
+    b, r = _fresh(board_factory)
+    r.exec("with open('state.json', 'w') as f:\n    f.write('0')\n")
+    target = b.flash_dir / "state.json"
+    seen: list[str] = []
+    done = threading.Event()
+
+    def read_on_the_host() -> None:
+        while not done.is_set() and len(seen) < 200_000:
+            try:
+                seen.append(target.read_text())
+            except FileNotFoundError:
+                seen.append("missing")
+
+    reader = threading.Thread(target=read_on_the_host)
+    reader.start()
+    try:
+        r.exec(
+            "import os\nfor i in range(1, 301):\n"
+            "    with open('state.json.tmp', 'w') as f:\n        f.write(str(i))\n"
+            "    os.rename('state.json.tmp', 'state.json')\n"
+        )
+    finally:
+        done.set()
+        reader.join()
+    r.close()
+    assert target.read_text() == "300"
+    assert "missing" not in seen and "" not in seen, sorted(set(seen))[:5]
+    assert len(set(seen)) > 10, f"the reader ran alongside only {len(set(seen))} distinct versions"
 
 
 def test_watchdog_expiry_resets_with_wdt_cause(board_factory: Callable[..., EmulatedBoard]) -> None:

@@ -380,8 +380,11 @@ function hookFs(FS) {
     const ha = hostPath(a); const hb = hostPath(b);
     if (ha && hb && ha !== hb) {
       mirror('rename', () => {
-        // a file never closed exists only in RAM: renaming it moves nothing on the flash
-        if (fs.existsSync(ha)) { fs.rmSync(hb, { recursive: true, force: true }); fs.renameSync(ha, hb); }
+        // a file never closed exists only in RAM: renaming it moves nothing on the flash. A file replaces
+        // a file in one step, as on littlefs (a host reader never finds it missing); a directory is cleared
+        if (!fs.existsSync(ha)) return;
+        if (fs.existsSync(hb) && fs.statSync(hb).isDirectory()) fs.rmSync(hb, { recursive: true, force: true });
+        fs.renameSync(ha, hb);
       });
     }
     return r;
