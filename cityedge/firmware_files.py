@@ -13,7 +13,8 @@ and changes rarely. Relative to the board's flash root:
     /boot.json                boot state: active slot, previous slot, boot tries, rollback report
     /node.json                provisioning (written by the flashing tool, never part of the app)
     /app_a/ and /app_b/       the two app slots, each:
-        lib/<pkg>/...           firmware/lib/<pkg>/ (shared node libraries: cewire, node, drivers)
+        lib/<pkg>/...           firmware/lib/<pkg>/ (shared node libraries: cewire without its host half, node,
+                                drivers)
         lib/<role>/...          firmware/apps/<role>/ (the app package; ``<role>.main()`` is a coroutine)
         app.json                the slot's own manifest, written last: role, version, {path: [size, sha256]}
     /rom/                     the ROMFS partition (layout "romfs", slot name ``rom``): the same files as a
@@ -53,6 +54,8 @@ MAX_TRIES = 3  # failed boots of an unconfirmed app before the boot manager roll
 _SKIP = {"__pycache__"}
 # files of firmware/lib that live outside the slots (the boot manager must not be swapped with the app)
 _OUTSIDE_SLOTS = {"node/bootmgr.py"}
+# the wire protocol's host half: the gateway and the tools run it on CPython, a node never imports it
+HOST_ONLY = {"cewire/api.py", "cewire/host.py", "cewire/host_payloads.py", "cewire/receiver.py"}
 
 
 class UnknownRoleError(CityedgeError):
@@ -85,7 +88,7 @@ def app_files(role: str, firmware: Path = FIRMWARE) -> dict[str, Path]:
     lib = firmware / "lib"
     for pkg in sorted(p for p in lib.iterdir() if p.is_dir() and p.name not in _SKIP) if lib.is_dir() else []:
         for rel, src in _walk(pkg, f"lib/{pkg.name}"):
-            if rel.removeprefix("lib/") not in _OUTSIDE_SLOTS:
+            if rel.removeprefix("lib/") not in _OUTSIDE_SLOTS | HOST_ONLY:
                 files[rel] = src
     if role != "bare" and (firmware / "apps" / role).is_dir():
         files.update(_walk(firmware / "apps" / role, f"lib/{role}"))

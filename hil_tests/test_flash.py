@@ -39,14 +39,16 @@ VERSION = {version!r}
 def _hello():
     from machine import UART
     import board
-    from cewire.host import cobs_encode, encode_frame
-    from cewire.frame import CH_CTRL, T_HELLO, flags_for
+    from cewire import cbor
+    from cewire.frame import T_HELLO, Encoder, Key
 
     with open('/node.json') as f:
         cfg = json.loads(f.read())
-    frame = encode_frame(T_HELLO, cfg['node_id'], 1, 0, flags_for(CH_CTRL), {{'v': VERSION}},
-                         bytes.fromhex(cfg['key']), cfg['key_id'])
-    UART(board.LINK_UART_ID, board.LINK_BAUD).write(b'\\x00' + cobs_encode(frame) + b'\\x00')
+    key = Key(bytes.fromhex(cfg['key']), cfg['key_id'])
+    hello = Encoder(cfg['node_id'], key).stream(T_HELLO, 1, 0, cbor.dumps({{'v': VERSION}}))
+    uart = UART(board.LINK_UART_ID, board.LINK_BAUD)
+    uart.write(b'\\x00')  # ends whatever the line held before
+    uart.write(hello)
 
 
 def selftest():

@@ -198,9 +198,12 @@ def parse_time(body) -> tuple:
 
 
 def __getattr__(name):  # type: ignore[no-untyped-def, unused-ignore]
-    # the host half (cewire.host_payloads) on first use of one of its names; a node never asks for it
+    # the host half (cewire.host_payloads) on first use of one of its names; a node never asks for it, and
+    # its image does not hold it (cityedge.firmware_files.HOST_ONLY)
     if name.startswith("__"):
         raise AttributeError(name)
-    import cewire.host_payloads
-
+    try:
+        import cewire.host_payloads
+    except ImportError:
+        raise AttributeError(name) from None
     return getattr(cewire.host_payloads, name)
