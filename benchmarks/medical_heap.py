@@ -47,6 +47,7 @@ from benchmarks.vm_node_harness import GATEWAY, HostGateway, deploy, mpy_kb, wri
 from cityedge.paths import FIRMWARE
 from hil_tests.emulator.ppg_signal import synth
 from hil_tests.emulator.runner import MicroPythonSession
+from tools.flash.inline_consts import module_consts
 
 MPY_SOURCES = [*sorted((FIRMWARE / "apps" / "medical").glob("*.py")),
                FIRMWARE / "lib" / "drivers" / "max30102.py", FIRMWARE / "lib" / "drivers" / "max30205.py"]
@@ -112,7 +113,7 @@ BASELINE = "gc.collect()\nBASE = gc.mem_alloc()\n"
 
 IMPORT = """
 import bootmgr  # as main.py does on the board: the boot manager imports the app, then leaves the heap
-from medical.app import LINK_PACE_MS, SETTINGS, MedicalNode
+from medical.app import SETTINGS, MedicalNode
 from medical.annunciator import Annunciator
 from node import config
 from node.link import Link
@@ -127,7 +128,7 @@ settings = config.validate('/medical.json', {}, SETTINGS)
 node = MedicalNode(settings, Sensor(), Thermo(), lambda: 3900, Annunciator(Out(), Out()), None, ticks=ticks)
 outbox = Outbox('/outbox', quotas=(settings['outbox_events'], settings['outbox_vitals']))
 node.link = Link(node_port, 7, (KEY, 1), outbox, on_cmd=node.on_cmd, on_link=node.on_link, ticks=ticks,
-                 lost_ms=settings['link_lost_s'] * 1000, pace_ms=LINK_PACE_MS)
+                 lost_ms=settings['link_lost_s'] * 1000, pace_ms=%d)
 node.start_sensor()
 node.link.hello('medical', '1.0.0', 1, 1)
 """
@@ -184,7 +185,10 @@ def measure(quick: bool, layout: str = "romfs") -> dict[str, float | int]:
         mounts.update({d: "/data", stub: "/stub"})
         image_kb = round(image.stat().st_size / 1024, 1) if image else 0.0
         with MicroPythonSession(mounts=mounts, timeout=600, romfs=image) as mp:
-            for part in (HARNESS, BASELINE, IMPORT, CODE, APP, BOOT):
+            # the app's main() paces the link by its LINK_PACE_MS, a constant the build inlines (it is no name
+            # on the board): the harness reads it from the source
+            pace_ms = module_consts((FIRMWARE / "apps" / "medical" / "app.py").read_text())["LINK_PACE_MS"]
+            for part in (HARNESS, BASELINE, IMPORT, CODE, APP % pace_ms, BOOT):
                 mp.run(part).check()
             mp.run(f"CYCLE = {CYCLE_S}\nACK_AT = {ACK_AT}\nPAUSE_AT = {PAUSE_AT}\nCUT = {CUT!r}\n" + STEP).check()
             gw = HostGateway()

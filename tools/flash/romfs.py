@@ -35,6 +35,7 @@ from cityedge.firmware_files import (
     BOOT_STATE,
     DEFAULT_BOARD,
     MAX_TRIES,
+    ROM_DIR,
     ROM_SLOT,
     ROMFS_HEADER,
     SLOT_MANIFEST,
@@ -132,7 +133,9 @@ def build_rom_image(
     version = None if source else mpy_version
     fixed = mpy.build(fixed_files(role, board, firmware), version, source=source, port=port, micropython=micropython)
     slot_src = {"/" + rel: src for rel, src in app_files(role, firmware).items()}
-    slot = mpy.build(slot_src, version, source=source, port=port, micropython=micropython)
+    # in the ROM, a module's traceback name is the file's own path: one interned string with its __file__
+    slot = mpy.build(slot_src, version, source=source, port=port, micropython=micropython,
+                     outside=fixed_files(role, board, firmware), source_name=lambda p: f"{ROM_DIR}{p[:-3]}.mpy")
     files = {p.lstrip("/"): d for p, d in sorted(slot.items())}
     return RomImage(role, fixed, files, romfs_image(role, files, mpy=version), version)
 
