@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-import time
-import traceback
 from collections.abc import Sequence
-from pathlib import Path
 
 from cityedge import __version__
-from cityedge.errors import CityedgeError
+from cityedge.errors import EX_INTERNAL, CityedgeError, record_crash
 
 # subcommand -> module providing ``register(subparsers)``
 SUBCOMMANDS: dict[str, str] = {
@@ -28,7 +24,6 @@ SUBCOMMANDS: dict[str, str] = {
     "board": "hil_tests.emulator.cli",
 }
 
-EX_INTERNAL = 70  # EX_SOFTWARE
 EX_INTERRUPTED = 130
 
 
@@ -50,11 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _crash_log() -> Path:
-    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "cityedge"
-    return base / "crash.log"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,15 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EX_INTERRUPTED
     except Exception as exc:  # the last line of defence: a sentence for the user, the details in a file
-        log = _crash_log()
-        try:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a") as fh:
-                fh.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} cityedge {' '.join(sys.argv[1:])}\n")
-                fh.write(traceback.format_exc())
-            where = f" (details in {log})"
-        except OSError:
-            where = ""
+        log = record_crash()
+        where = f" (details in {log})" if log else ""
         print(f"error: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
         return EX_INTERNAL
 

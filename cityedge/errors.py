@@ -8,6 +8,14 @@ traceback ever reaches a technician or an operator.
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+EX_INTERNAL = 70  # EX_SOFTWARE: a bug, not something the user did
+
 
 class CityedgeError(Exception):
     """A failure with a message a person can act on."""
@@ -36,3 +44,24 @@ class ConfigError(CityedgeError):
         self.path = path
         self.key = key
         self.problem = problem
+
+
+def crash_log() -> Path:
+    """Where internal errors' tracebacks go: ``$XDG_STATE_HOME/cityedge/crash.log``."""
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "cityedge"
+    return base / "crash.log"
+
+
+def record_crash(context: str = "") -> Path | None:
+    """Append the exception being handled to the crash log, headed by the time, the command line and
+    ``context``; returns the log's path, or None when it cannot be written."""
+    log = crash_log()
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as fh:
+            head = f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} cityedge {' '.join(sys.argv[1:])}"
+            fh.write(f"{head} {context}\n" if context else f"{head}\n")
+            fh.write(traceback.format_exc())
+    except OSError:
+        return None
+    return log

@@ -309,6 +309,41 @@ def test_batch_of_ten_boards_through_the_cli(work: Path, capsys: pytest.CaptureF
     assert took < 120
 
 
+def test_a_bug_on_one_board_of_a_batch_fails_that_board_only(
+    work: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception while deploying one board (a bug, injected here: no real one is at hand) ends
+    that board's job with a sentence and a crash log entry; the other board is deployed and the summary printed."""
+    from cityedge.cli import main
+    from tools.flash import flow
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    with BoardFarm.create(work / "farm2", 2, role=None) as farm:
+        for b in farm:
+            b.wait_for_output(">>> ", timeout=30)
+        good, bad = (b.repl_port for b in farm)
+        real = flow.build_image
+
+        def buggy(role: str, info: object, **kw: object) -> object:
+            if getattr(info, "port", None) == bad:
+                raise RuntimeError("injected bug")
+            return real(role, info, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(flow, "build_image", buggy)
+        code = main(["flash", "deploy", good, bad, "--role", "bare", "--layout", "files", "--no-verify",
+                     "--manifest", str(work / "m3.json"), "--ledger", str(work / "l3.jsonl"), "--json"])
+    out = {r["port"]: r for r in json.loads(capsys.readouterr().out)}
+    assert code == EXIT_BATCH
+    assert out[good]["result"] == "ok", out[good]
+    assert out[bad]["result"] == "failed" and out[bad]["exit_code"] == 70
+    assert out[bad]["error"] == "internal error: RuntimeError: injected bug"
+    log = tmp_path / "state" / "cityedge" / "crash.log"
+    assert str(log) in out[bad]["hint"]
+    text = log.read_text()
+    assert f"(deploy to {bad})" in text and "Traceback" in text and "injected bug" in text
+    assert len(ledger.read(work / "l3.jsonl")) == 2
+
+
 def test_batch_summary_and_exit_code_when_one_board_fails(work: Path, board: EmulatedBoard,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from cityedge.cli import main

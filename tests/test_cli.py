@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cityedge import __version__, cli
-from cityedge.errors import CityedgeError, ConfigError
+from cityedge.errors import CityedgeError, ConfigError, crash_log
 
 
 def test_version_is_printed_by_the_installed_command() -> None:
@@ -49,7 +49,7 @@ def test_internal_errors_go_to_a_crash_log(
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.startswith("error: internal error: KeyError")
-    log = cli._crash_log()
+    log = crash_log()
     assert "Traceback" in log.read_text()
 
 

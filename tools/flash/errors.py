@@ -5,7 +5,7 @@ The exit codes are part of the tool's interface (docs/flashing.md, "Exit codes")
 
 from __future__ import annotations
 
-from cityedge.errors import CityedgeError
+from cityedge.errors import EX_INTERNAL, CityedgeError
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments, unknown role
@@ -23,6 +23,7 @@ EXIT_BOARD = 13  # the board raised an error while running a step (e.g. flash fu
 EXIT_BATCH = 14  # a batch finished and at least one board failed
 EXIT_ROMFS = 15  # --layout romfs: the board's MicroPython has no ROMFS partition, or the image does not fit
 EXIT_CONFIG = 78  # manifest or ledger unusable (cityedge.errors.ConfigError)
+EXIT_INTERNAL = EX_INTERNAL  # a bug (70): the traceback is in the crash log
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
@@ -41,6 +42,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_BATCH: "at least one board of a batch failed",
     EXIT_ROMFS: "the board has no ROMFS partition, or the app image does not fit in it",
     EXIT_CONFIG: "the manifest or the ledger is unusable",
+    EXIT_INTERNAL: "internal error (in a batch: that board only); the details are in the crash log",
 }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cityedge.errors import CityedgeError, ConfigError
+from cityedge.errors import CityedgeError, ConfigError, record_crash
 from cityedge.firmware_files import DEFAULT_BOARD, MAX_TRIES
 from cityedge.manifest import NodeRecord, load_manifest, provision
 from cityedge.paths import FIRMWARE
@@ -22,7 +22,7 @@ from tools.flash import firmware as fw
 from tools.flash import ledger
 from tools.flash.board import Board
 from tools.flash.deploy import DeployResult, build_image, deploy, probe_roots, provision_board
-from tools.flash.errors import EXIT_FIRMWARE, EXIT_NO_REPL, EXIT_USAGE, FlashError
+from tools.flash.errors import EXIT_FIRMWARE, EXIT_INTERNAL, EXIT_NO_REPL, EXIT_USAGE, FlashError
 from tools.flash.ports import port_by_usb_serial
 from tools.flash.romfs import build_rom_image, deploy_romfs
 from tools.flash.transport import RawRepl
@@ -206,6 +206,11 @@ def run_job(job: Job, progress: Progress | None = None) -> dict[str, Any]:
         rec["error"] = exc.message
         rec["hint"] = exc.hint
         rec["exit_code"] = exc.exit_code
+    except Exception as exc:  # a bug: this board fails with a sentence, the others of a batch go on
+        log = record_crash(f"(deploy to {job.port})")
+        rec["error"] = f"internal error: {type(exc).__name__}: {exc}"
+        rec["hint"] = f"details in {log}; please report it" if log else "please report it"
+        rec["exit_code"] = EXIT_INTERNAL
     finally:
         rec["seconds"] = round(time.monotonic() - t0, 3)
         say("done" if rec["result"] == "ok" else "failed", 1.0)
