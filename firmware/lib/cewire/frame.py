@@ -440,16 +440,33 @@ class Encoder:
 
 # --- replay window
 WINDOW = 64
-_MASK = (1 << WINDOW) - 1
+_SLOTS = const(63)  # WINDOW - 1: a sequence number's bit is at seq & _SLOTS (a ring of WINDOW bits)
 
 
 class ReplayWindow:
-    """Replay window + cumulative ack state for one sequence space (one node, one channel)."""
+    """Replay window + cumulative ack state for one sequence space (one node, one channel).
+
+    The ``WINDOW`` numbers up to ``top`` are a ring of bits in 8 bytes, not one 64-bit integer: on a 32-bit
+    MicroPython port every shift of an integer above 2**30 allocates a big integer, so a node's check of each
+    gateway frame would leave garbage. ``mask`` (bit ``n`` = ``top - n`` accepted) is computed when asked for
+    (the gateway's state export).
+    """
 
     def __init__(self, top: int = 0, mask: int = 0, cum: int = 0) -> None:
         self.top = top
-        self.mask = mask
         self.cum = cum
+        self._ring = bytearray(WINDOW // 8)
+        for off in range(WINDOW):
+            if (mask >> off) & 1:
+                self._set(top - off)
+
+    @property
+    def mask(self) -> int:
+        m = 0
+        for off in range(WINDOW):
+            if self._bit(self.top - off):
+                m |= 1 << off
+        return m
 
     def seen(self, seq: int) -> bool:
         """True if ``seq`` must be refused as a replay (already accepted, acked, or older than the window)."""
@@ -457,10 +474,9 @@ class ReplayWindow:
             return True
         if seq > self.top:
             return False
-        off = self.top - seq
-        if off >= WINDOW:
+        if self.top - seq >= WINDOW:
             return True
-        return bool((self.mask >> off) & 1)
+        return self._bit(seq)
 
     def check(self, seq: int) -> None:
         """Raise WireError(E_REPLAY) if ``seq`` was seen; change nothing."""
@@ -474,11 +490,17 @@ class ReplayWindow:
         sender gave up (telemetry dropped from a full outbox) or numbers skipped at a reboot.
         """
         if seq > self.top:
-            shift = seq - self.top
-            self.mask = ((self.mask << shift) | 1) & _MASK if shift < WINDOW else 1
+            ring = self._ring
+            if seq - self.top >= WINDOW:
+                for i in range(WINDOW // 8):
+                    ring[i] = 0
+            else:
+                for s in range(self.top + 1, seq):  # the numbers jumped over: not received
+                    ring[(s & _SLOTS) >> 3] &= ~(1 << (s & 7))
             self.top = seq
-        else:
-            self.mask |= 1 << (self.top - seq)
+            ring[(seq & _SLOTS) >> 3] |= 1 << (seq & 7)
+        elif self.top - seq < WINDOW:
+            self._set(seq)
         return self.advance(base)
 
     def advance(self, base: int) -> int:
@@ -498,8 +520,11 @@ class ReplayWindow:
             self.cum += 1
         return skipped
 
+    def _set(self, seq: int) -> None:
+        self._ring[(seq & _SLOTS) >> 3] |= 1 << (seq & 7)
+
     def _bit(self, seq: int) -> bool:
         off = self.top - seq
         if off < 0 or off >= WINDOW:
             return False
-        return bool((self.mask >> off) & 1)
+        return bool(self._ring[(seq & _SLOTS) >> 3] & (1 << (seq & 7)))
