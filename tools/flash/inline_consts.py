@@ -4,7 +4,7 @@ MicroPython folds a ``NAME = const(1)`` into the bytecode only inside the module
 name (no leading underscore) also stays in that module's globals, and every other module that uses it --
 ``from cewire.codes import LAMP_FAILURE``, ``codes.LAMP_FAILURE`` -- looks it up by name at run time. On a
 board each such name costs an interned string, a slot in the defining module's dict and one in each
-importer's dict: about 150 names in the streetlight app.
+importer's dict: 124 names in the streetlight app.
 
 ``inline_consts`` rewrites the sources of one app image before mpy-cross compiles them:
 
@@ -62,7 +62,8 @@ def _int_const(value: ast.expr) -> int | None:
 def module_consts(source: str) -> dict[str, int]:
     """The public integer ``const()`` names a module's source defines (what the build inlines), by name: for
     host code that needs one of them without running the module (a benchmark harness)."""
-    return _parse("", "", source).consts
+    with _PARSING:
+        return _parse("", "", source).consts
 
 
 def _docstrings(tree: ast.Module) -> set[int]:
