@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,7 +81,8 @@ def _compile_one(binary: Path, tag: str, name: str, data: bytes, port: str | Non
                 hint="the app needs a newer MicroPython: flash one with --firmware IMAGE",
             )
         compiled = out.read_bytes()
-    tmp_cache = cached.with_suffix(f".{os.getpid()}.tmp")
+    # threads of one process may compile the same file at once (a batch deploy builds per board)
+    tmp_cache = cached.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     tmp_cache.write_bytes(compiled)
     tmp_cache.replace(cached)
     return compiled
