@@ -128,6 +128,7 @@ class _Module:
     tree: ast.Module
     consts: dict[str, int]  # its own public NAME = const(int)
     const_targets: dict[str, ast.Name]  # where each is defined
+    binds: dict[str, int]  # how many places bind each name (see _bindings)
     line_starts: list[int] = field(default_factory=list)
     edits: list[tuple[int, int, bytes]] = field(default_factory=list)
 
@@ -159,7 +160,7 @@ def _parse(name: str, rel: str, text: str) -> _Module:
                 consts[target.id] = value
                 targets[target.id] = target
     package = name if rel.endswith("/__init__.py") else name.rpartition(".")[0]
-    mod = _Module(name, package, src, tree, consts, targets)
+    mod = _Module(name, package, src, tree, consts, targets, _bindings(tree))
     pos = 0
     for line in src.splitlines(keepends=True):
         mod.line_starts.append(pos)
@@ -226,7 +227,6 @@ def _inline_consts(sources: Mapping[str, str], outside: Mapping[str, str]) -> di
         used.update(_identifiers(ast.parse(text), set()))
 
     for rel, m in mods.items():
-        binds = _bindings(m.tree)
         # an imported name nothing names any more leaves its import (which becomes ``pass`` when empty)
         drop: dict[int, set[str]] = {}
         for stmt, alias in droppable[rel]:
@@ -243,7 +243,7 @@ def _inline_consts(sources: Mapping[str, str], outside: Mapping[str, str]) -> di
                 m.replace(stmt, text + "\n" * (stmt.end_lineno - stmt.lineno))  # type: ignore[operator]
         # a definition nothing names any more becomes private: MicroPython does not store it
         for name, target in m.const_targets.items():
-            if name not in used and binds.get(name) == 1 and "_" + name not in used:
+            if name not in used and m.binds.get(name) == 1 and "_" + name not in used:
                 m.replace(target, "_" + name)
 
     out = dict(sources)
@@ -257,8 +257,9 @@ def _inline_module(
     m: _Module, offers: dict[str, dict[str, int]], by_name: dict[str, _Module], replaced: set[int]
 ) -> list[tuple[ast.ImportFrom, ast.alias]]:
     """Replace the constant references of one module (edits recorded on ``m``, the nodes' ids added to
-    ``replaced``); returns its top-level imports of constants that no reference needs any more."""
-    binds = _bindings(m.tree)
+    ``replaced``); returns its top-level imports of constants (whether one may go depends on what still names
+    it, decided over the whole image: a name left in an f-string keeps its import)."""
+    binds = m.binds
     values: dict[str, int] = {n: v for n, v in m.consts.items() if binds.get(n) == 1}  # local name -> value
     modules: dict[str, str] = {}  # local name -> module of the image
     imported: dict[str, tuple[ast.ImportFrom, ast.alias]] = {}
@@ -293,7 +294,6 @@ def _inline_module(
         return None
 
     in_fstring = {id(n) for f in ast.walk(m.tree) if isinstance(f, ast.JoinedStr) for n in ast.walk(f)}
-    kept: set[str] = set()  # local names still referenced by name
     stack: list[tuple[ast.AST, ast.AST | None]] = [(m.tree, None)]
     while stack:
         node, parent = stack.pop()
@@ -308,9 +308,7 @@ def _inline_module(
             if isinstance(node.ctx, ast.Load) and id(node) not in in_fstring:
                 m.replace(node, _literal(values[node.id], parent))
                 replaced.add(id(node))
-            elif isinstance(node.ctx, ast.Load):
-                kept.add(node.id)
             continue
         stack.extend((child, node) for child in ast.iter_child_nodes(node))
 
-    return [(stmt, alias) for local, (stmt, alias) in imported.items() if local not in kept]
+    return list(imported.values())
