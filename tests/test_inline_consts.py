@@ -118,6 +118,21 @@ def test_node_images_keep_their_lines_and_lose_the_code_names(role: str) -> None
     assert "\nT_HELLO = const(" not in out["lib/cewire/frame.py"]
     if role == "streetlight":
         assert "from cewire.codes import" not in out["lib/streetlight/faults.py"]
+        app = out["lib/streetlight/app.py"]
+        assert "\nimport board" not in app and "board.PIN_" not in app  # the pin map is built in
+
+
+def test_the_pin_map_is_built_into_the_image() -> None:
+    pins = "from micropython import const\nPIN_LED = const(2)\nNAME = 'devkit'\n"
+    lamp = "import board\n\n\ndef led():\n    return board.PIN_LED\n"
+    named = "import board\n\n\ndef name():\n    return board.NAME, board.PIN_LED\n"
+    image = {"lib/pkg/__init__.py": "", "lib/pkg/lamp.py": lamp, "lib/pkg/named.py": named}
+    out = inline_consts(image, {"/lib/board.py": pins, "/boot.py": "import board\n"})
+    assert out["lib/pkg/lamp.py"] == "pass\n\n\ndef led():\n    return 2\n"
+    # a module that still needs the file keeps its import; the file itself is not the image's to change
+    assert out["lib/pkg/named.py"] == named.replace("board.PIN_LED", "2")
+    assert "lib/board.py" not in out
+    assert inline_consts(image, {"/boot.py": "pass\n"}) == image  # no pin map outside: nothing to inline
 
 
 def test_build_runs_the_pass_for_an_image_and_names_rom_files_by_their_path(tmp_path: Path) -> None:

@@ -13,7 +13,10 @@ importer's dict: 124 names in the streetlight app.
 * an import left with no use loses that name (an import statement left empty becomes ``pass``, so a module
   whose only use was its constants is no longer loaded);
 * a definition no module of the image and no file outside it (``outside``: boot.py, the boot manager, safe
-  mode) still names becomes private (``_NAME = const(1)``), which MicroPython does not store at all.
+  mode) still names becomes private (``_NAME = const(1)``), which MicroPython does not store at all;
+* the constants of ``PIN_MAP`` (``lib/board.py``, outside the image) are inlined too, and a module that no
+  longer names ``board`` loses its ``import board``: the pin map is built into the image (deploying with
+  another ``--board`` builds another), and its file stays on the board for safe mode.
 
 What is not a plain integer literal, a name bound more than once in a module, a name inside an f-string, and
 any name some code spells out in a string (``getattr(codes, "LAMP_FAILURE")``) are left as they are. Every edit
@@ -33,6 +36,7 @@ _WORD = re.compile(r"[A-Za-z_]\w*")
 # CPython 3.11's ast.parse fails now and then when threads call it at once ("AST constructor recursion depth
 # mismatch"); a batch deploy builds each board's image in a thread of its own
 _PARSING = threading.Lock()
+PIN_MAP = "lib/board.py"  # slot-relative, as the image's modules; on the board /lib/board.py, outside the slots
 
 
 def module_name(rel: str) -> str | None:
@@ -94,6 +98,20 @@ def _identifiers(tree: ast.Module, skip: set[int]) -> Iterator[str]:
                 yield node.asname
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
             yield from _WORD.findall(node.value)
+
+
+def _names_left(tree: ast.Module, replaced: set[int], leaving: ast.stmt) -> set[str]:
+    """The names a module still uses once the ``replaced`` nodes (and all in them) and ``leaving`` are gone."""
+    out: set[str] = set()
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if id(node) in replaced or node is leaving:
+            continue
+        if isinstance(node, ast.Name):
+            out.add(node.id)
+        stack.extend(ast.iter_child_nodes(node))
+    return out
 
 
 def _bindings(tree: ast.Module) -> dict[str, int]:
@@ -198,9 +216,13 @@ def _inline_consts(sources: Mapping[str, str], outside: Mapping[str, str]) -> di
         if name is not None:
             mods[rel] = _parse(name, rel, text)
     by_name = {m.name: m for m in mods.values()}
+    pins = next((_parse("board", PIN_MAP, t) for p, t in outside.items() if p.lstrip("/") == PIN_MAP), None)
 
     # what each module offers: its own constants plus those it imported at top level (re-exports)
     offers: dict[str, dict[str, int]] = {m.name: dict(m.consts) for m in mods.values()}
+    if pins is not None and "board" not in by_name:
+        offers["board"] = dict(pins.consts)
+        by_name["board"] = pins
     changed = True
     while changed:
         changed = False
@@ -234,6 +256,9 @@ def _inline_consts(sources: Mapping[str, str], outside: Mapping[str, str]) -> di
             if local not in used:
                 drop.setdefault(id(stmt), set()).add(local)
         for stmt in m.tree.body:
+            if (isinstance(stmt, ast.Import) and pins is not None and [a.name for a in stmt.names] == ["board"]
+                    and not stmt.names[0].asname and "board" not in _names_left(m.tree, skip, stmt)):
+                m.replace(stmt, "pass")  # the pin map is in the image now
             if isinstance(stmt, ast.ImportFrom) and id(stmt) in drop:
                 rest = [a for a in stmt.names if (a.asname or a.name) not in drop[id(stmt)]]
                 text = "pass"
