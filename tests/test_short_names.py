@@ -38,6 +38,9 @@ class Port:
     def spoken(self):
         return getattr(self, "_depth")
 
+    def head(self, min=1):  # a parameter spelt like a built-in this module calls: both stay
+        return self._rx[:min]
+
 
 def _helper(port):
     return port._rx[:]  # another object's attribute: its class may be another module's
@@ -82,6 +85,7 @@ def test_private_names_become_short_and_shared_across_modules() -> None:
     assert f"def {s['_push']}(self, {s['item']}, *, {s['_front']}=False):" in text
     assert f"return self.{s['_push']}({s['item']}, {s['_front']}={s['front']})" in text
     assert "def push(self, " in text  # a public name stays
+    assert "def head(self, min=1):" in text and " <= min(self." in text
     # kept: a private const (interns nothing), one spelt in a string, one read from another object, one
     # another module reads, and ``self``
     for kept in ("_LIMIT = const(3)", 'getattr(self, "_depth")', "self._depth = ", "port._rx[:]", "self._shared = 0",
@@ -114,13 +118,13 @@ def test_respelt_package_gives_the_same_results_on_micropython(tmp_path: Path) -
         "u = U.User(2)\n"
         "p = P.Port(3)\n"
         "print(json.dumps([u.feed([1, 2, 3]), p.push(1), p.push(2, True), P._helper(p), p.spoken(),"
-        " C.Child()._own]))"
+        " C.Child()._own, p.head()]))"
     )
     results = []
     for root in (before, after):
         with MicroPythonSession(mounts={root / "lib": "/lib"}) as mp:
             results.append(json.loads(mp.run(probe).check().stdout))
-    assert results[0] == results[1] == [[[True, True, False], 3, 0], True, True, [2, 1], 3, 1]
+    assert results[0] == results[1] == [[[True, True, False], 3, 0], True, True, [2, 1], 3, 1, [2]]
 
 
 @pytest.mark.parametrize("role", ["streetlight", "medical"])

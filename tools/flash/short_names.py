@@ -81,10 +81,10 @@ def _interned(tree: ast.Module) -> set[str]:
 
 def _parameters(tree: ast.Module) -> set[str]:
     """Parameter names that the module uses for nothing else than parameters and local variables: no
-    attribute, function, class, import, module- or class-level name, and no keyword of a call (which may
-    be another module's function, or a built-in one's)."""
+    attribute, function, class, import, module- or class-level name, built-in, and no keyword of a call
+    (which may be another module's function, or a built-in one's)."""
     params = {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
-    other: set[str] = {"self", "cls"}
+    other: set[str] = {"self", "cls"} | _BUILTIN  # ``def f(len=1)`` must not respell ``len(x)`` elsewhere
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             other.add(node.attr)
