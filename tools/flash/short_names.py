@@ -53,6 +53,15 @@ def _shorts(taken: set[str]) -> Iterator[str]:
                 yield name
 
 
+def _outer_statements(tree: ast.Module) -> Iterator[ast.stmt]:
+    """The statements of the module's body and of its classes' bodies: where a name is a global or a class
+    attribute, not a local."""
+    yield from tree.body
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            yield from node.body
+
+
 def _interned(tree: ast.Module) -> set[str]:
     """The names a module's bytecode interns: attributes, functions and classes, arguments, and the names
     bound at module or class level (but private ``const()`` definitions, which MicroPython does not store)."""
@@ -66,16 +75,13 @@ def _interned(tree: ast.Module) -> set[str]:
             out.add(node.arg)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             out.update(node.names)
-    bodies: list[list[ast.stmt]] = [tree.body]
-    bodies += [n.body for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
-    for body in bodies:
-        for stmt in body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and _int_const(stmt.value) is not None:
-                continue  # NAME = const(...): folded into the bytecode
-            targets = stmt.targets if isinstance(stmt, ast.Assign) else (
-                [stmt.target] if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else [])
-            for target in targets:
-                out.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    for stmt in _outer_statements(tree):
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and _int_const(stmt.value) is not None:
+            continue  # NAME = const(...): folded into the bytecode
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+            [stmt.target] if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else [])
+        for target in targets:
+            out.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
     return out
 
 
@@ -96,12 +102,9 @@ def _parameters(tree: ast.Module) -> set[str]:
             other.add(node.arg)
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             other.update(node.names)
-    bodies: list[list[ast.stmt]] = [tree.body]
-    bodies += [n.body for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
-    for body in bodies:
-        for stmt in body:
-            if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                other.update(n.id for n in ast.walk(stmt) if isinstance(n, ast.Name))
+    for stmt in _outer_statements(tree):
+        if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            other.update(n.id for n in ast.walk(stmt) if isinstance(n, ast.Name))
     return params - other
 
 
