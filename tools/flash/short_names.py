@@ -36,9 +36,8 @@ import sys
 import tokenize
 from collections.abc import Iterable, Iterator, Mapping
 
-from tools.flash.inline_consts import _PARSING, _docstrings, _int_const, module_name
+from tools.flash.inline_consts import _PARSING, _WORD, _docstrings, _int_const, module_name
 
-_WORD = re.compile(r"[A-Za-z_]\w*")
 _PRIVATE = re.compile(r"_[A-Za-z0-9]\w*")
 _BUILTIN = set(dir(builtins))
 
