@@ -9,6 +9,7 @@ import pytest
 
 from cityedge.firmware_files import HOST_ONLY, app_files, fixed_files
 from hil_tests.emulator.runner import MicroPythonSession
+from tests.source_trees import write_tree
 from tools.flash import compile as mpy
 from tools.flash.inline_consts import inline_consts, module_name
 
@@ -89,9 +90,7 @@ def test_constants_used_across_modules_become_their_values() -> None:
 def test_rewritten_package_gives_the_same_results_on_micropython(tmp_path: Path) -> None:
     before, after = tmp_path / "before", tmp_path / "after"
     for root, files in ((before, PKG), (after, inline_consts(PKG, {"/boot.py": BOOT}))):
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
+        write_tree(root, files)
     probe = (
         "import json, pkg.user as U, pkg.shadow as S, pkg.codes as K\n"
         "print(json.dumps([U.colours(), U.spoken(), U.fstr(), S.red(), sorted(k for k in dir(K) if k.isupper())]))"
@@ -136,12 +135,7 @@ def test_the_pin_map_is_built_into_the_image() -> None:
 
 
 def test_build_runs_the_pass_for_an_image_and_names_rom_files_by_their_path(tmp_path: Path) -> None:
-    src = {}
-    for rel, text in PKG.items():
-        path = tmp_path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        src["/" + rel] = path
+    src = write_tree(tmp_path, PKG)
     boot = tmp_path / "boot.py"
     boot.write_text(BOOT)
     plain = mpy.build(src, 6)

@@ -9,6 +9,7 @@ import pytest
 
 from cityedge.firmware_files import app_files, fixed_files
 from hil_tests.emulator.runner import MicroPythonSession
+from tests.source_trees import write_tree
 from tools.flash import compile as mpy
 from tools.flash.inline_consts import inline_consts
 from tools.flash.short_names import name_map, shorten_private_names
@@ -110,9 +111,7 @@ def test_respelt_package_gives_the_same_results_on_micropython(tmp_path: Path) -
     # the probe below calls ``_helper`` by its name, as a host would: ``keep``
     respelt = shorten_private_names(PKG, {"/boot.py": BOOT}, keep=["_helper"])[0]
     for root, files in ((before, PKG), (after, respelt)):
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
+        write_tree(root, files)
     probe = (
         "import json, pkg.user as U, pkg.port as P, pkg.child as C\n"
         "u = U.User(2)\n"
@@ -144,12 +143,7 @@ def test_node_images_keep_their_lines_and_share_short_names(role: str) -> None:
 
 
 def test_build_runs_the_pass_for_an_image_only(tmp_path: Path) -> None:
-    src = {}
-    for rel, text in PKG.items():
-        path = tmp_path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        src["/" + rel] = path
+    src = write_tree(tmp_path, PKG)
     boot = tmp_path / "boot.py"
     boot.write_text(BOOT)
     plain = mpy.build(src, 6)
