@@ -27,6 +27,7 @@ from gateway.vision.pipeline import CameraWorker, FrameAnalyzer
 from gateway.vision.scenes import SceneVideo, VideoSpec, quiet_frames, write_video
 from gateway.vision.service import VisionService
 from gateway.vision.zones import Analytics, CountLine, VisionEvent, Zone
+from tests.mjpeg_server import MjpegCamera
 
 BACKENDS = installed_backends()
 LINE = CountLine("mid", (320, 480), (320, 0), directions=("ltr", "rtl"))  # a_to_b = left to right
@@ -195,6 +196,67 @@ def test_camera_that_stays_away_is_reported_lost() -> None:
     finally:
         worker.stop()
     assert states[:2] == ["reconnecting", "lost"]
+
+
+def test_a_source_that_opens_but_gives_nothing_is_retried_with_backoff_and_reported_lost() -> None:
+    # an RTSP server that accepts and hangs up at once, or an empty file: no tight open/close loop
+    det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
+    states: list[str] = []
+    src = FlakySource([], fail_opens=0, frames_per_open=0)
+    worker = CameraWorker(
+        _camera(reconnect_min_s=0.05, reconnect_max_s=0.2, stall_s=0.3),
+        FrameAnalyzer(det, Analytics([], [])),
+        lambda c, e: None,
+        source_factory=src,
+        on_state=lambda cam, st, detail: states.append(st),
+    )
+    worker.start()
+    try:
+        assert _wait(lambda: "lost" in states, 5.0)
+        time.sleep(0.5)
+    finally:
+        worker.stop()
+    # about 1 s of waits 0.05, 0.1, 0.2, 0.2, ... (±20 %): a handful of opens, not thousands
+    assert 3 <= src.opens <= 12, src.opens
+    assert states[:2] == ["reconnecting", "lost"] and worker.frames_captured == 0
+
+
+def test_an_http_camera_that_stalls_is_reported_lost_and_comes_back() -> None:
+    """A real network stream (MJPEG over HTTP on loopback, read by OpenCV's FFmpeg backend) goes silent
+    without closing its connection: the worker must notice within ``stall_s``, not after FFmpeg's 30 s."""
+    frames = [f for f, _ in SceneVideo(VideoSpec(seed=11, frames=20, fps=FPS, size=(320, 240)))]
+    det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
+    states: list[tuple[float, str]] = []
+    camera = MjpegCamera(frames, fps=30)
+    with camera.serving():
+        config = _camera(source=camera.url, capture_size=(320, 240), reconnect_min_s=0.05, reconnect_max_s=0.2,
+                         stall_s=1.0)
+        worker = CameraWorker(
+            config,
+            FrameAnalyzer(det, Analytics([], [LINE]), geometry=(640, 480)),
+            lambda c, e: None,
+            on_state=lambda cam, st, detail: states.append((time.monotonic(), st)),
+        )
+        worker.start()
+        try:
+            assert _wait(lambda: worker.frames_analyzed >= 10)
+            assert worker.latest_frame is not None and worker.latest_frame.shape == (240, 320, 3)
+            assert worker.state == "streaming"
+            camera.stall()
+            stalled_at = time.monotonic()
+            assert _wait(lambda: worker.state == "lost", 10.0)
+            lost_at = next(t for t, st in states if st == "lost")
+            # the read gives up after stall_s / 2, the reopen after another half: lost about stall_s after
+            # the last frame (FFmpeg alone would wait 30 s for each)
+            assert lost_at - stalled_at <= 2.5, lost_at - stalled_at
+            seen = worker.frames_captured
+            camera.resume()
+            assert _wait(lambda: worker.state == "streaming" and worker.frames_captured >= seen + 10, 10.0)
+        finally:
+            worker.stop()
+    after_stall = [st for t, st in states if t >= stalled_at]
+    assert after_stall[:2] == ["reconnecting", "lost"] and "streaming" in after_stall
+    assert worker.reconnects >= 1 and camera.connections >= 2
 
 
 def test_opencv_file_capture_paced_and_looping(tmp_path: Path) -> None:

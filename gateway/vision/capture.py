@@ -57,10 +57,19 @@ class _Pacer:
 
 class OpenCVSource:
     """``cv2.VideoCapture`` on a device, URL or file. ``pace_fps`` > 0 plays files in real time;
-    ``size`` (width, height): the frame size wanted (asked of V4L2 devices, checked on network streams)."""
+    ``size`` (width, height): the frame size wanted (asked of V4L2 devices, checked on network streams);
+    ``timeout_s``: how long a network stream may take to open or to deliver the next frame before
+    :meth:`read` gives up (FFmpeg's own default is 30 s, and a camera that loses power mid-stream
+    sends no reset: without a bound the capture thread would sit in ``read`` and report "streaming")."""
 
     def __init__(
-        self, source: str, *, pace_fps: float = 0.0, loop: bool = False, size: tuple[int, int] | None = None
+        self,
+        source: str,
+        *,
+        pace_fps: float = 0.0,
+        loop: bool = False,
+        size: tuple[int, int] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.source = source
         self.size = size
@@ -70,6 +79,10 @@ class OpenCVSource:
             cap = cv2.VideoCapture(int(source), cv2.CAP_V4L2)
         elif source.startswith("/dev/"):
             cap = cv2.VideoCapture(source, cv2.CAP_V4L2)
+        elif "://" in source and timeout_s is not None:
+            ms = max(1, round(timeout_s * 1000))
+            timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, timeouts)
         else:
             cap = cv2.VideoCapture(source)
         if not cap.isOpened():
@@ -134,8 +147,13 @@ class ArraySource:
 
 
 def open_source(
-    source: str, *, fps: float = 0.0, loop: bool = False, size: tuple[int, int] | None = None
+    source: str,
+    *,
+    fps: float = 0.0,
+    loop: bool = False,
+    size: tuple[int, int] | None = None,
+    timeout_s: float | None = None,
 ) -> FrameSource:
     """Open a camera's ``source`` (raises :class:`CaptureError` if it cannot be opened now); ``size``: the
-    camera's ``capture_size``, if configured."""
-    return OpenCVSource(source, pace_fps=fps, loop=loop, size=size)
+    camera's ``capture_size``, if configured; ``timeout_s``: bound on a network stream's open and reads."""
+    return OpenCVSource(source, pace_fps=fps, loop=loop, size=size, timeout_s=timeout_s)

@@ -238,8 +238,12 @@ class CameraWorker:
         self.name = config.name
         self.analyzer = analyzer
         self._sink = sink
+        # a stalled network stream gives up after half of stall_s: time to reconnect before "lost"
         self._factory = source_factory or (
-            lambda: open_source(config.source, fps=config.fps, loop=config.loop, size=config.capture_size)
+            lambda: open_source(
+                config.source, fps=config.fps, loop=config.loop, size=config.capture_size,
+                timeout_s=config.stall_s / 2,
+            )
         )
         self._on_state = on_state
         self.lossless = lossless
@@ -308,31 +312,34 @@ class CameraWorker:
         delay = cfg.reconnect_min_s
         source: FrameSource | None = None
         down_since: float | None = None
+        fresh = False  # the source was just opened and has not delivered a frame yet
         while not self._stop.is_set():
             self.alive_at = time.monotonic()
             if source is None:
                 try:
                     source = self._factory()
+                    fresh = True
                     self.analyzer.gate.reset()
                 except (CaptureError, OSError) as exc:
-                    now = time.monotonic()
-                    down_since = down_since or now
-                    lost = now - down_since >= cfg.stall_s
-                    self._set_state("lost" if lost else "reconnecting", str(exc))
-                    self._sleep(delay * random.uniform(0.8, 1.2))
-                    delay = min(delay * 2, cfg.reconnect_max_s)
+                    down_since = down_since or time.monotonic()
+                    delay = self._back_off(str(exc), down_since, delay)
                     continue
             frame = source.read()
             if frame is None:
                 source.close()
                 source = None
                 self.reconnects += 1
-                down_since = time.monotonic()
-                self._set_state("reconnecting", "no frame from source")
+                # "no frame for stall_s" counts from the last frame, not from when a read gave up on it
+                down_since = down_since or self.last_frame_at or time.monotonic()
+                if fresh:  # opens but delivers nothing: wait before the next try, as for a failed open
+                    delay = self._back_off("no frame from source", down_since, delay)
+                else:  # a stream that ended or dropped usually comes back at once
+                    self._set_state("reconnecting", "no frame from source")
                 continue
             now = time.monotonic()
             delay = cfg.reconnect_min_s
             down_since = None
+            fresh = False
             self.frames_captured += 1
             self.last_frame_at = now
             self.latest_frame = frame
@@ -354,6 +361,15 @@ class CameraWorker:
             self._set_state("streaming")
         if source is not None:
             source.close()
+
+    def _back_off(self, detail: str, down_since: float, delay: float) -> float:
+        """Say the camera is reconnecting (``lost`` after ``stall_s`` without a frame), wait ``delay`` with
+        jitter, and return the next delay (doubled up to ``reconnect_max_s``)."""
+        cfg = self.config
+        lost = time.monotonic() - down_since >= cfg.stall_s
+        self._set_state("lost" if lost else "reconnecting", detail)
+        self._sleep(delay * random.uniform(0.8, 1.2))
+        return min(delay * 2, cfg.reconnect_max_s)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
