@@ -27,7 +27,7 @@ from gateway.vision.pipeline import CameraWorker, FrameAnalyzer
 from gateway.vision.scenes import SceneVideo, VideoSpec, quiet_frames, write_video
 from gateway.vision.service import VisionService
 from gateway.vision.zones import Analytics, CountLine, VisionEvent, Zone
-from tests.mjpeg_server import MjpegCamera
+from tests.network_cameras import LoopbackCamera, MjpegCamera, RtspCamera
 
 BACKENDS = installed_backends()
 LINE = CountLine("mid", (320, 480), (320, 0), directions=("ltr", "rtl"))  # a_to_b = left to right
@@ -221,13 +221,15 @@ def test_a_source_that_opens_but_gives_nothing_is_retried_with_backoff_and_repor
     assert states[:2] == ["reconnecting", "lost"] and worker.frames_captured == 0
 
 
-def test_an_http_camera_that_stalls_is_reported_lost_and_comes_back() -> None:
-    """A real network stream (MJPEG over HTTP on loopback, read by OpenCV's FFmpeg backend) goes silent
-    without closing its connection: the worker must notice within ``stall_s``, not after FFmpeg's 30 s."""
+@pytest.mark.parametrize("kind", [MjpegCamera, RtspCamera], ids=["http", "rtsp"])
+def test_a_network_camera_that_stalls_is_reported_lost_and_comes_back(kind: type[LoopbackCamera]) -> None:
+    """A network stream on loopback (MJPEG over HTTP; JPEG over RTP over RTSP), read by OpenCV's FFmpeg
+    backend, goes silent without closing its connection: the worker must notice within ``stall_s``, not after
+    FFmpeg's 30 s, and stream again when the camera comes back."""
     frames = [f for f, _ in SceneVideo(VideoSpec(seed=11, frames=20, fps=FPS, size=(320, 240)))]
     det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
     states: list[tuple[float, str]] = []
-    camera = MjpegCamera(frames, fps=30)
+    camera = kind(frames, fps=30)
     with camera.serving():
         config = _camera(source=camera.url, capture_size=(320, 240), reconnect_min_s=0.05, reconnect_max_s=0.2,
                          stall_s=1.0)
