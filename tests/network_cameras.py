@@ -11,6 +11,7 @@ TCP reset): open streams stop delivering frames and new connections get no answe
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socketserver
 import threading
@@ -150,6 +151,10 @@ class RtspCamera(LoopbackCamera):
                     return
                 self.lock = threading.Lock()
                 self.session = f"{random.getrandbits(31):08x}"
+                with contextlib.suppress(OSError):  # the client went away (FFmpeg resets when it gives up)
+                    self.serve_requests()
+
+            def serve_requests(self) -> None:
                 while True:
                     first = self.rfile.read(1)
                     if not first:
