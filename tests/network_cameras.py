@@ -16,6 +16,7 @@ import random
 import socketserver
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +29,7 @@ RTP_JPEG = 26  # the static RTP payload type of JPEG
 RTP_CHUNK = 1400  # JPEG scan bytes per RTP packet
 
 
-class LoopbackCamera:
+class LoopbackCamera(ABC):
     """What both cameras share: ``frames`` (BGR) as JPEG, played in a loop at ``fps``; stall and resume."""
 
     scheme = ""
@@ -44,9 +45,9 @@ class LoopbackCamera:
         self._server = self._make_server()
         self.url = f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}/stream"
 
+    @abstractmethod
     def _make_server(self) -> socketserver.TCPServer:
         """A threading server on 127.0.0.1 with a free port, whose handler threads are daemons."""
-        raise NotImplementedError
 
     def stall(self) -> None:
         self._live.clear()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from cityedge.firmware_files import HOST_ONLY, app_files, fixed_files
-from hil_tests.emulator.runner import MicroPythonSession
-from tests.source_trees import write_tree
+from tests.source_trees import probe_each, write_tree
 from tools.flash import compile as mpy
 from tools.flash.inline_consts import inline_consts, module_name
 
@@ -88,17 +86,12 @@ def test_constants_used_across_modules_become_their_values() -> None:
 
 
 def test_rewritten_package_gives_the_same_results_on_micropython(tmp_path: Path) -> None:
-    before, after = tmp_path / "before", tmp_path / "after"
-    for root, files in ((before, PKG), (after, inline_consts(PKG, {"/boot.py": BOOT}))):
-        write_tree(root, files)
     probe = (
         "import json, pkg.user as U, pkg.shadow as S, pkg.codes as K\n"
         "print(json.dumps([U.colours(), U.spoken(), U.fstr(), S.red(), sorted(k for k in dir(K) if k.isupper())]))"
     )
-    results = []
-    for root in (before, after):
-        with MicroPythonSession(mounts={root / "lib": "/lib"}) as mp:
-            results.append(json.loads(mp.run(probe).check().stdout))
+    trees = {tmp_path / "before": PKG, tmp_path / "after": inline_consts(PKG, {"/boot.py": BOOT})}
+    results = probe_each(trees, probe)
     assert results[0][:4] == results[1][:4] == [[1, 2, -3, 16, [16], 16], 4, "5", 9]
     assert results[0][4] == ["BITS", "FSTR", "GREEN", "NEG", "OUTSIDE", "RED", "SPOKEN"]
     assert results[1][4] == ["FSTR", "OUTSIDE", "RED", "SPOKEN"]  # the others cost the board nothing now

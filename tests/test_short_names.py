@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from cityedge.firmware_files import app_files, fixed_files
-from hil_tests.emulator.runner import MicroPythonSession
-from tests.source_trees import write_tree
+from tests.source_trees import probe_each, write_tree
 from tools.flash import compile as mpy
 from tools.flash.inline_consts import inline_consts
 from tools.flash.short_names import name_map, shorten_private_names
@@ -107,11 +105,8 @@ def test_names_outside_the_image_or_asked_to_keep_stay() -> None:
 
 
 def test_respelt_package_gives_the_same_results_on_micropython(tmp_path: Path) -> None:
-    before, after = tmp_path / "before", tmp_path / "after"
     # the probe below calls ``_helper`` by its name, as a host would: ``keep``
     respelt = shorten_private_names(PKG, {"/boot.py": BOOT}, keep=["_helper"])[0]
-    for root, files in ((before, PKG), (after, respelt)):
-        write_tree(root, files)
     probe = (
         "import json, pkg.user as U, pkg.port as P, pkg.child as C\n"
         "u = U.User(2)\n"
@@ -119,10 +114,7 @@ def test_respelt_package_gives_the_same_results_on_micropython(tmp_path: Path) -
         "print(json.dumps([u.feed([1, 2, 3]), p.push(1), p.push(2, True), P._helper(p), p.spoken(),"
         " C.Child()._own, p.head()]))"
     )
-    results = []
-    for root in (before, after):
-        with MicroPythonSession(mounts={root / "lib": "/lib"}) as mp:
-            results.append(json.loads(mp.run(probe).check().stdout))
+    results = probe_each({tmp_path / "before": PKG, tmp_path / "after": respelt}, probe)
     assert results[0] == results[1] == [[[True, True, False], 3, 0], True, True, [2, 1], 3, 1, [2]]
 
 

@@ -178,18 +178,24 @@ def test_malformed_frames_are_counted_and_dropped(street_video: tuple) -> None:
     assert worker.frame_errors == 2 and worker.frames_captured == 17 and worker.frames_analyzed == 15
 
 
-def test_camera_that_stays_away_is_reported_lost() -> None:
+def _frameless_worker(src: FlakySource, config: CameraConfig) -> tuple[CameraWorker, list[str]]:
+    """A started worker on a source that never gives a frame, and the states it reports."""
     det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
     states: list[str] = []
-    src = FlakySource([], fail_opens=10_000, frames_per_open=0)
     worker = CameraWorker(
-        _camera(),
+        config,
         FrameAnalyzer(det, Analytics([], [])),
         lambda c, e: None,
         source_factory=src,
         on_state=lambda cam, st, detail: states.append(st),
     )
     worker.start()
+    return worker, states
+
+
+def test_camera_that_stays_away_is_reported_lost() -> None:
+    src = FlakySource([], fail_opens=10_000, frames_per_open=0)
+    worker, states = _frameless_worker(src, _camera())
     try:
         assert _wait(lambda: "lost" in states, 5.0)
         assert src.attempts >= 3  # kept trying with backoff
@@ -200,17 +206,8 @@ def test_camera_that_stays_away_is_reported_lost() -> None:
 
 def test_a_source_that_opens_but_gives_nothing_is_retried_with_backoff_and_reported_lost() -> None:
     # an RTSP server that accepts and hangs up at once, or an empty file: no tight open/close loop
-    det = Detector(DEFAULT_MODEL, DEFAULT_LABELS, backend=BACKENDS[0])
-    states: list[str] = []
     src = FlakySource([], fail_opens=0, frames_per_open=0)
-    worker = CameraWorker(
-        _camera(reconnect_min_s=0.05, reconnect_max_s=0.2, stall_s=0.3),
-        FrameAnalyzer(det, Analytics([], [])),
-        lambda c, e: None,
-        source_factory=src,
-        on_state=lambda cam, st, detail: states.append(st),
-    )
-    worker.start()
+    worker, states = _frameless_worker(src, _camera(reconnect_min_s=0.05, reconnect_max_s=0.2, stall_s=0.3))
     try:
         assert _wait(lambda: "lost" in states, 5.0)
         time.sleep(0.5)
