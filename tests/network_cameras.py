@@ -17,8 +17,7 @@ import socketserver
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
@@ -36,7 +35,6 @@ class LoopbackCamera(ABC):
 
     def __init__(self, frames: list[np.ndarray], fps: float = 30.0) -> None:
         self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
-        self.size = (frames[0].shape[1], frames[0].shape[0])
         self.period = 1.0 / fps
         self.connections = 0  # streams started
         self._live = threading.Event()
@@ -62,7 +60,19 @@ class LoopbackCamera(ABC):
                 return False
         return not self._closing.is_set()
 
-    @contextmanager
+    def stream(self, send: Callable[[int, bytes], None]) -> None:
+        """Hand frame ``i``'s JPEG to ``send`` at the camera's rate, pausing while stalled, until the camera
+        closes or the client goes away."""
+        i = 0
+        while self.wait_live():
+            try:
+                send(i, self.jpegs[i % len(self.jpegs)])
+            except OSError:  # the client went away
+                return
+            i += 1
+            time.sleep(self.period)
+
+    @contextlib.contextmanager
     def serving(self) -> Iterator[LoopbackCamera]:
         thread = threading.Thread(target=self._server.serve_forever, name=f"{self.scheme}-camera", daemon=True)
         thread.start()
@@ -94,16 +104,11 @@ class MjpegCamera(LoopbackCamera):
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=" + BOUNDARY.decode())
                 self.end_headers()
-                i = 0
-                while camera.wait_live():
-                    jpg = camera.jpegs[i % len(camera.jpegs)]
-                    part = b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % (BOUNDARY, len(jpg))
-                    try:
-                        self.wfile.write(part + jpg + b"\r\n")
-                    except OSError:  # the client went away
-                        return
-                    i += 1
-                    time.sleep(camera.period)
+                camera.stream(self.send_part)
+
+            def send_part(self, i: int, jpg: bytes) -> None:
+                part = b"--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % (BOUNDARY, len(jpg))
+                self.wfile.write(part + jpg + b"\r\n")
 
         return ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # daemon handler threads
 
@@ -206,19 +211,15 @@ class RtspCamera(LoopbackCamera):
                 return True
 
             def play(self) -> None:
-                seq, i = 0, 0
-                while camera.wait_live():
-                    jpeg = camera.jpegs[i % len(camera.jpegs)]
-                    packets = rtp_jpeg_packets(jpeg, seq, round(i * camera.period * 90000))
-                    try:
-                        with self.lock:
-                            for p in packets:
-                                self.wfile.write(b"$\x00" + len(p).to_bytes(2, "big") + p)
-                    except OSError:  # the client went away
-                        return
-                    seq += len(packets)
-                    i += 1
-                    time.sleep(camera.period)
+                self.seq = 0
+                camera.stream(self.send_frame)
+
+            def send_frame(self, i: int, jpeg: bytes) -> None:
+                packets = rtp_jpeg_packets(jpeg, self.seq, round(i * camera.period * 90000))
+                with self.lock:
+                    for p in packets:
+                        self.wfile.write(b"$\x00" + len(p).to_bytes(2, "big") + p)
+                self.seq += len(packets)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
